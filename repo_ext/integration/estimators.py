@@ -117,12 +117,6 @@ def compute_repo_policy_loss(
 
     Shapes: all (B, T). ``old_log_prob`` holds the stored behaviour log-probs on replayed rows.
     """
-    if rollout_is_weights is not None:
-        raise ValueError(
-            "policy loss 'repo' does not combine with rollout-correction IS weights "
-            "(algorithm.rollout_correction.rollout_is); RePO's off-policy ratio already uses the "
-            "behaviour log-probs. Disable rollout_is or use strategy=none with loss_mode=vanilla."
-        )
     rows = _CURRENT_ROWS.get()
     batch = log_prob.shape[0]
     if rows is None:
@@ -163,6 +157,8 @@ def compute_repo_policy_loss(
         dp_size=dp_size,
         global_batch_size=info.get("global_batch_size"),
         batch_num_tokens=info.get("batch_num_tokens"),
+        loss_scale_factor=info.get("loss_scale_factor"),
+        rollout_is_weights=rollout_is_weights,
         **kwargs,
     )
     return loss, metrics

@@ -285,7 +285,7 @@ class RePOTrainer(PPOTrainerSync):
             logger.warning(
                 "RePO: replay is configured (strategy=%s) but no replayed row has been injected by step %d, "
                 "although the gate should have opened by step %d (min_cache_to_replay=%d, rollout.n=%d, "
-                "%d steps per epoch). Store: %d prompts, %d entries, largest buffer %d. Likely causes: the "
+                "%d steps per epoch). Store: %d prompts, %d entries, %d replayable. Likely causes: the "
                 "prompts' token ids differ between visits (e.g. a random system prompt), or max_store_bytes "
                 "evicts entries before prompts come back.",
                 repo.strategy,
@@ -296,7 +296,7 @@ class RePOTrainer(PPOTrainerSync):
                 steps_per_epoch,
                 self.replay_store.num_prompts,
                 self.replay_store.num_entries,
-                self.replay_store.max_buffer_len() if hasattr(self.replay_store, "max_buffer_len") else -1,
+                self.replay_store.num_replayable_prompts,
             )
 
     # ------------------------------------------------------------------ 3. stored log-probs
@@ -319,10 +319,11 @@ class RePOTrainer(PPOTrainerSync):
         real_keys = state.on_keys + state.off_keys
         data = tq.kv_batch_get(keys=real_keys, partition_id=batch.partition_id, select_fields=["advantages", "uid"])
         adv = data["advantages"]
-        row_nonzero = torch.tensor([bool((a != 0).any()) for a in adv.unbind()], dtype=torch.bool)
+        # a row's advantage is constant over its tokens; any non-zero token marks a non-zero row
+        row_adv = torch.tensor([float(a.abs().max()) if a.numel() else 0.0 for a in adv.unbind()])
         uids = [str(u) for u in data["uid"].tolist()]
         groups, off = zip(*(split_uid(u) for u in uids), strict=True)
-        fractions = nonzero_advantage_group_fraction(row_nonzero, list(groups), torch.tensor(off, dtype=torch.bool))
+        fractions = nonzero_advantage_group_fraction(row_adv, list(groups), torch.tensor(off, dtype=torch.bool))
         state.metrics.update({f"repo/nonzero_adv_group_frac_{k}": float(v) for k, v in fractions.items()})
         return batch
 
