@@ -55,6 +55,8 @@ from repo_ext.integration.store_checkpoint import load_store_state, save_store_s
 logger = logging.getLogger(__name__)
 
 TRAINER_MODE = "repo_sync"
+#: when set, every step's rows (ids, old log-probs, advantages, rewards, flags) are saved there
+DUMP_DIR_ENV = "REPO_EXT_DUMP_DIR"
 
 
 @dataclass
@@ -69,6 +71,12 @@ class _StepState:
     metrics: dict[str, float] = field(default_factory=dict)
     injected: bool = False
     store_seconds: float = 0.0
+
+
+def _strings(values: Any) -> list[str]:
+    """A TQ non-tensor column (NonTensorStack, or tensordict's LinkedList when read back) as strings."""
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    return [str(v) for v in values]
 
 
 def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
@@ -105,6 +113,59 @@ def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
 def is_distillation_on(config: DictConfig) -> bool:
     distillation = config.get("distillation", None)
     return bool(distillation is not None and distillation.get("enabled", False))
+
+
+def insert_on_policy_rows(
+    store: ReplayStore,
+    *,
+    prompt_keys: list[str],
+    responses: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    response_masks: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    behaviour_log_probs: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    token_scores: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    step: int,
+    max_response_length: int,
+    counters: dict[str, int],
+) -> int:
+    """Insert one step's on-policy rows into the store; returns how many were stored.
+
+    Per row: response ids (L,), response mask (L,), the training engine's old log-probs (L,) and
+    token-level scores (L,) whose sum is the reward. Rows that cannot be replayed faithfully are
+    counted in ``counters`` under the reason and not stored (never silently):
+
+    - ``empty_response``: no token to score a ratio on;
+    - ``masked_response_tokens``: multi-turn rows with tool tokens masked out (not one plain response);
+    - ``nonfinite_reward`` (NaN/inf reward: the reward function failed) and ``nonfinite_log_prob``.
+
+    Rows cut at ``max_response_length`` are stored (as the reference does) and counted under
+    ``truncated_at_max_length``.
+    """
+    stored = 0
+    for i, pkey in enumerate(prompt_keys):
+        ids, mask, logp = responses[i], response_masks[i], behaviour_log_probs[i]
+        reward = float(token_scores[i].sum())
+        if ids.numel() == 0:
+            counters["empty_response"] += 1
+            continue
+        if ids.shape != logp.shape or ids.shape != mask.shape:
+            raise ValueError(
+                f"row {i}: responses {tuple(ids.shape)}, response_mask {tuple(mask.shape)} and old_log_probs "
+                f"{tuple(logp.shape)} must have the same length"
+            )
+        if not bool(mask.all()):
+            counters["masked_response_tokens"] += 1
+            continue
+        if not math.isfinite(reward):
+            counters["nonfinite_reward"] += 1
+            continue
+        if not bool(torch.isfinite(logp).all()):
+            counters["nonfinite_log_prob"] += 1
+            continue
+        if ids.numel() >= max_response_length:
+            counters["truncated_at_max_length"] += 1
+        store.insert(pkey, ids.to(torch.int32).numpy(), logp.to(torch.float32).numpy(), reward, step)
+        stored += 1
+    return stored
 
 
 @register_trainer(TRAINER_MODE)
@@ -173,7 +234,7 @@ class RePOTrainer(PPOTrainerSync):
         pid = batch.partition_id
         state.on_keys = list(batch.keys)
         data = tq.kv_batch_get(keys=state.on_keys, partition_id=pid, select_fields=["prompts", "uid"])
-        uids = [str(u) for u in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
+        uids = _strings(data["uid"])
         prompts = data["prompts"]
         rows_of_prompt: dict[str, list[str]] = defaultdict(list)
         uid_of_prompt: dict[str, set[str]] = defaultdict(set)
@@ -204,6 +265,7 @@ class RePOTrainer(PPOTrainerSync):
                 row = build_replay_row(template, entry, session_id=10_000 + j)
                 key = f"{uid}_repo{j}_0"
                 new_keys.append(key)
+                state.prompt_key_of[key] = pkey
                 new_rows.append(row)
                 tag = dict(template_tag)
                 tag.update(
@@ -302,12 +364,44 @@ class RePOTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ 3. stored log-probs
 
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._compute_old_log_prob(batch, metrics)
+        """Old log-probs from the training engine for on-policy rows, stored ones for replayed rows.
+
+        The forward pass skips replayed rows (their log-probs are known), which also keeps verl's
+        rollout-vs-actor debug metrics about the on-policy rollout only. When the remaining rows
+        cannot be split evenly over the data-parallel ranks, all rows are computed and the replayed
+        rows overwritten.
+        """
         state = self._step_state
-        if state is not None and state.off_keys:
-            fields = list_of_dict_to_tensordict([{"old_log_probs": state.off_behaviour[k]} for k in state.off_keys])
-            tq.kv_batch_put(keys=state.off_keys, partition_id=batch.partition_id, fields=fields)
-        return batch
+        if state is None or not state.off_keys:
+            return super()._compute_old_log_prob(batch, metrics)
+        off = set(state.off_keys)
+        keep = [i for i, key in enumerate(batch.keys) if key not in off]
+        if len(keep) % self._actor_dp_size() == 0:
+            subset = KVBatchMeta(
+                keys=[batch.keys[i] for i in keep],
+                tags=[batch.tags[i] for i in keep],
+                partition_id=batch.partition_id,
+                fields=None,
+                extra_info=batch.extra_info,
+            )
+            super()._compute_old_log_prob(subset, metrics)
+        else:
+            super()._compute_old_log_prob(batch, metrics)
+        rows = [
+            {"old_log_probs": state.off_behaviour[key], "entropy": torch.zeros_like(state.off_behaviour[key])}
+            for key in state.off_keys
+        ]
+        tq.kv_batch_put(keys=state.off_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(rows))
+        return KVBatchMeta(
+            keys=list(batch.keys), tags=list(batch.tags), partition_id=batch.partition_id, fields=None,
+            extra_info=batch.extra_info,
+        )
+
+    def _actor_dp_size(self) -> int:
+        wg = self.actor_rollout_wg
+        if "actor" not in wg._dispatch_info:
+            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
+        return max(wg._dispatch_info["actor"]) + 1
 
     # ------------------------------------------------------------------ 4. advantage metrics
 
@@ -321,11 +415,29 @@ class RePOTrainer(PPOTrainerSync):
         adv = data["advantages"]
         # a row's advantage is constant over its tokens; any non-zero token marks a non-zero row
         row_adv = torch.tensor([float(a.abs().max()) if a.numel() else 0.0 for a in adv.unbind()])
-        uids = [str(u) for u in data["uid"].tolist()]
+        uids = _strings(data["uid"])
         groups, off = zip(*(split_uid(u) for u in uids), strict=True)
         fractions = nonzero_advantage_group_fraction(row_adv, list(groups), torch.tensor(off, dtype=torch.bool))
         state.metrics.update({f"repo/nonzero_adv_group_frac_{k}": float(v) for k, v in fractions.items()})
+        dump_dir = os.environ.get(DUMP_DIR_ENV)
+        if dump_dir:
+            self._dump_step_rows(dump_dir, batch.partition_id, real_keys)
         return batch
+
+    def _dump_step_rows(self, dump_dir: str, partition_id: str, keys: list[str]) -> None:
+        """Debugging aid (``REPO_EXT_DUMP_DIR``): this step's rows as the actor will see them."""
+        fields = ["uid", "responses", "old_log_probs", "advantages", "rm_scores", OFF_POLICY_FIELD]
+        data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=fields)
+        rows = {
+            "keys": list(keys),
+            "uid": _strings(data["uid"]),
+            "off_policy": [int(x) for x in torch.as_tensor(data[OFF_POLICY_FIELD]).reshape(-1).tolist()],
+            "prompt_key": [self._step_state.prompt_key_of.get(k) for k in keys],
+        }
+        for name in ("responses", "old_log_probs", "advantages", "rm_scores"):
+            rows[name] = [t.clone() for t in data[name].unbind()]
+        os.makedirs(dump_dir, exist_ok=True)
+        torch.save(rows, os.path.join(dump_dir, f"step_{self.global_steps}.pt"))
 
     # ------------------------------------------------------------------ 5. one optimizer step per mini-batch
 
@@ -380,32 +492,17 @@ class RePOTrainer(PPOTrainerSync):
         masks = data["response_mask"].unbind()
         logps = data["old_log_probs"].unbind()
         scores = data["rm_scores"].unbind()
-        max_len = int(self.config.data.max_response_length)
-        for i, key in enumerate(state.on_keys):
-            ids, mask, logp = responses[i], masks[i], logps[i]
-            reward = float(scores[i].sum())
-            if ids.numel() == 0:
-                self._bad_rows["empty_response"] += 1
-                continue
-            if not bool(mask.all()):
-                # multi-turn rows (tool tokens masked out) cannot be replayed as one plain response
-                self._bad_rows["masked_response_tokens"] += 1
-                continue
-            if not math.isfinite(reward):
-                self._bad_rows["nonfinite_reward"] += 1
-                continue
-            if not bool(torch.isfinite(logp).all()):
-                self._bad_rows["nonfinite_log_prob"] += 1
-                continue
-            if ids.numel() >= max_len:
-                self._bad_rows["truncated_at_max_length"] += 1  # counted, still stored (as the reference)
-            self.replay_store.insert(
-                state.prompt_key_of[key],
-                ids.to(torch.int32).numpy(),
-                logp.to(torch.float32).numpy(),
-                reward,
-                self.global_steps,
-            )
+        insert_on_policy_rows(
+            self.replay_store,
+            prompt_keys=[state.prompt_key_of[key] for key in state.on_keys],
+            responses=responses,
+            response_masks=masks,
+            behaviour_log_probs=logps,
+            token_scores=scores,
+            step=self.global_steps,
+            max_response_length=int(self.config.data.max_response_length),
+            counters=self._bad_rows,
+        )
 
     def _store_metrics(self) -> dict[str, float]:
         stats = self.replay_store.stats()
@@ -446,6 +543,10 @@ class RePOTrainer(PPOTrainerSync):
         step_dir = self._resumed_step_dir()
         state = load_store_state(step_dir, expected_step=self.global_steps)
         self.replay_store.load_state_dict(state)
+        dump_dir = os.environ.get(DUMP_DIR_ENV)
+        if dump_dir:
+            os.makedirs(dump_dir, exist_ok=True)
+            torch.save(self.replay_store.state_dict(), os.path.join(dump_dir, f"restored_store_step_{self.global_steps}.pt"))
         logger.info(
             "RePO: restored replay store from %s (%d prompts, %d entries, %d bytes)",
             step_dir,
