@@ -20,6 +20,7 @@ is exactly verl's vanilla PPO-clip loss.
 from __future__ import annotations
 
 import contextvars
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,32 @@ from repo_ext.integration.replay_rows import NORM_OFF_FIELD, NORM_ON_FIELD, OFF_
 
 ADV_ESTIMATOR_NAME = "repo_split"
 POLICY_LOSS_NAME = "repo"
+
+logger = logging.getLogger(__name__)
+# Set by the RePO trainer in its own process, the one that computes advantages (verl calls the
+# estimator from the trainer). Without it, repo_split sees no replayed rows, ever.
+_repo_trainer_running = False
+_warned_without_trainer = False
+
+
+def mark_repo_trainer_running() -> None:
+    """Called by the RePO trainer: advantages in this process come with replayed rows."""
+    global _repo_trainer_running
+    _repo_trainer_running = True
+
+
+def _warn_once_without_trainer(strategy: str) -> None:
+    global _warned_without_trainer
+    if _repo_trainer_running or _warned_without_trainer or strategy == "none":
+        return
+    _warned_without_trainer = True
+    logger.warning(
+        "advantage estimator %r runs without the RePO trainer (trainer.v1.trainer_mode=repo_sync): no row is "
+        "ever replayed, so algorithm.repo.strategy=%s has no effect and this is plain GRPO. Launch with "
+        "+algorithm=repo (or set trainer.v1.trainer_mode=repo_sync), or set algorithm.repo.strategy=none.",
+        ADV_ESTIMATOR_NAME,
+        strategy,
+    )
 
 
 def repo_config_from_algorithm(config: Any) -> RePOConfig:
@@ -71,6 +98,11 @@ def compute_repo_split_advantage(
 
     Returns:
         (advantages, returns), both (B, T) and equal, zero outside the response.
+
+    A row whose reward is NaN or infinite (a failed reward function) counts as reward 0, as the
+    reference's ``nansum`` over reward functions does; the trainer counts such rows
+    (``repo/bad_rows_nonfinite_reward``) and never stores them. Without this one such row would
+    make the whole mini-batch's gradient NaN, and verl would skip the update.
     """
     if index is None:
         raise ValueError(
@@ -78,8 +110,12 @@ def compute_repo_split_advantage(
             "verl passes it whenever the batch has a 'uid' field"
         )
     cfg = repo_config_from_algorithm(config)
+    _warn_once_without_trainer(cfg.strategy)
     groups, off = zip(*(split_uid(str(u)) for u in index), strict=True) if len(index) else ((), ())
     scores = token_level_rewards.sum(dim=-1)
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        scores = torch.where(finite, scores, torch.zeros_like(scores))
     advantages = group_advantages(
         scores,
         list(groups),

@@ -41,6 +41,9 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from repo_ext.algorithm.advantages import nonzero_advantage_group_fraction
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import ReplayStore
+from repo_ext.integration import estimators
+from repo_ext.integration.batch_layout import replay_batch_layout, row_multiple
+from repo_ext.integration.config_checks import check_repo_batch_settings, check_repo_wiring
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, RePOLossFunction, repo_config_from_algorithm
 from repo_ext.integration.replay_rows import (
     NORM_OFF_FIELD,
@@ -50,6 +53,7 @@ from repo_ext.integration.replay_rows import (
     prompt_key,
     split_uid,
 )
+from repo_ext.integration.replay_health import replay_stall_reason
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
 
 logger = logging.getLogger(__name__)
@@ -108,6 +112,8 @@ def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
             "RePO with algorithm.filter_groups (DAPO dynamic sampling) is not supported: replay is "
             "RePO's answer to all-equal groups; disable filter_groups"
         )
+    check_repo_wiring(config, repo)
+    check_repo_batch_settings(config, repo)
 
 
 def is_distillation_on(config: DictConfig) -> bool:
@@ -184,6 +190,7 @@ class RePOTrainer(PPOTrainerSync):
             if sync_cfg is not None and config.trainer.v1.get("sync", None) is None:
                 config.trainer.v1.sync = sync_cfg
         super().__init__(config)
+        estimators.mark_repo_trainer_running()
         self.repo_config = repo
         self.replay_store = ReplayStore(
             max_cache_size=repo.max_cache_size,
@@ -328,38 +335,46 @@ class RePOTrainer(PPOTrainerSync):
         return n_on / num_mb, n_off / num_mb
 
     def _num_mini_batches(self, n_on: int) -> int:
-        actor = self.config.actor_rollout_ref.actor
-        rows_per_mb = int(actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
-        return max(1, n_on // rows_per_mb)
+        return replay_batch_layout(n_on, 0, rows_per_mini_batch=self._rows_per_mini_batch(), multiple=1)[0]
+
+    def _rows_per_mini_batch(self) -> int:
+        return int(self.config.actor_rollout_ref.actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
+
+    def _micro_batch_sizes(self) -> dict[str, int | None]:
+        """Per-rank micro-batch size of each forward pass over the batch (None: dynamic batch size)."""
+        arr = self.config.actor_rollout_ref
+        sizes = {
+            "update": None if arr.actor.get("use_dynamic_bsz", False) else arr.actor.get("ppo_micro_batch_size_per_gpu"),
+            "old_log_prob": None
+            if arr.rollout.get("log_prob_use_dynamic_bsz", False)
+            else arr.rollout.get("log_prob_micro_batch_size_per_gpu"),
+            "ref": None,
+        }
+        if getattr(self, "use_reference_policy", False) and not arr.ref.get("log_prob_use_dynamic_bsz", False):
+            sizes["ref"] = arr.ref.get("log_prob_micro_batch_size_per_gpu")
+        return sizes
 
     def _check_replay_alive(self, n_off: int) -> None:
-        """Warn loudly when replay is configured on but nothing was injected after the gate should open."""
+        """Warn loudly (once) and log ``repo/replay_stalled`` while replay is configured on but nothing
+        has been injected after the gate should have opened; the reason comes from ``replay_health``."""
         repo = self.repo_config
-        if repo.strategy == "none" or self._total_injected > 0 or self._gate_warning_done:
-            return
-        n = int(self.config.actor_rollout_ref.rollout.n)
         steps_per_epoch = max(int(getattr(self, "steps_per_epoch", 1) or 1), 1)
-        # a prompt reaches the gate after ceil(min_cache / n) visits, one visit per epoch
-        visits_needed = math.ceil(repo.min_cache_to_replay / n)
-        gate_step = visits_needed * steps_per_epoch + 1
-        if self.global_steps > gate_step and self.replay_store.num_entries > 0:
+        train_dataset = getattr(self, "train_dataset", None)
+        reason = replay_stall_reason(
+            strategy=repo.strategy,
+            global_step=self.global_steps,
+            total_injected=self._total_injected,
+            min_cache_to_replay=repo.min_cache_to_replay,
+            rollout_n=int(self.config.actor_rollout_ref.rollout.n),
+            steps_per_epoch=steps_per_epoch,
+            store_stats=self.replay_store.stats(),
+            bad_rows=self._bad_rows,
+            dataset_prompts=None if train_dataset is None else len(train_dataset),
+        )
+        self._step_state.metrics["repo/replay_stalled"] = float(reason is not None)
+        if reason is not None and not self._gate_warning_done:
             self._gate_warning_done = True
-            logger.warning(
-                "RePO: replay is configured (strategy=%s) but no replayed row has been injected by step %d, "
-                "although the gate should have opened by step %d (min_cache_to_replay=%d, rollout.n=%d, "
-                "%d steps per epoch). Store: %d prompts, %d entries, %d replayable. Likely causes: the "
-                "prompts' token ids differ between visits (e.g. a random system prompt), or max_store_bytes "
-                "evicts entries before prompts come back.",
-                repo.strategy,
-                self.global_steps,
-                gate_step,
-                repo.min_cache_to_replay,
-                n,
-                steps_per_epoch,
-                self.replay_store.num_prompts,
-                self.replay_store.num_entries,
-                self.replay_store.num_replayable_prompts,
-            )
+            logger.warning("RePO: %s", reason)
 
     # ------------------------------------------------------------------ 3. stored log-probs
 
@@ -376,7 +391,7 @@ class RePOTrainer(PPOTrainerSync):
             return super()._compute_old_log_prob(batch, metrics)
         off = set(state.off_keys)
         keep = [i for i, key in enumerate(batch.keys) if key not in off]
-        if len(keep) % self._actor_dp_size() == 0:
+        if len(keep) % row_multiple(self._actor_dp_size(), [self._micro_batch_sizes()["old_log_prob"]]) == 0:
             subset = KVBatchMeta(
                 keys=[batch.keys[i] for i in keep],
                 tags=[batch.tags[i] for i in keep],
@@ -418,6 +433,8 @@ class RePOTrainer(PPOTrainerSync):
         uids = _strings(data["uid"])
         groups, off = zip(*(split_uid(u) for u in uids), strict=True)
         fractions = nonzero_advantage_group_fraction(row_adv, list(groups), torch.tensor(off, dtype=torch.bool))
+        if not state.off_keys:
+            fractions.pop("off")  # no replayed group this step: nothing to report (not 0)
         state.metrics.update({f"repo/nonzero_adv_group_frac_{k}": float(v) for k, v in fractions.items()})
         dump_dir = os.environ.get(DUMP_DIR_ENV)
         if dump_dir:
@@ -448,10 +465,14 @@ class RePOTrainer(PPOTrainerSync):
             return base
         # Replayed rows enlarge each mini-batch instead of adding mini-batches: the number of
         # optimizer steps per training step stays what the user configured (the paper replays into
-        # the same optimizer step). Pad the batch to num_mb mini-batches of m rows, m divisible by dp.
-        n_on, n_total = len(state.on_keys), len(state.on_keys) + len(state.off_keys)
-        num_mb = self._num_mini_batches(n_on)
-        m = math.ceil(n_total / (num_mb * dp_size)) * dp_size
+        # the same optimizer step). Pad the batch to num_mb mini-batches of m rows, m a multiple of
+        # dp x every micro-batch size (batch_layout).
+        num_mb, m = replay_batch_layout(
+            len(state.on_keys),
+            len(state.off_keys),
+            rows_per_mini_batch=self._rows_per_mini_batch(),
+            multiple=row_multiple(dp_size, list(self._micro_batch_sizes().values())),
+        )
         state.mini_batch_rows = m
         return m * num_mb
 

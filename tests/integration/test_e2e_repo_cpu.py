@@ -81,6 +81,7 @@ def test_replay_starts_and_metrics_are_logged(repo_runs):
         "repo/store_num_prompts", "repo/store_nbytes", "repo/store_num_evictions", "timing_s/repo_store",
     ):
         assert key in m[3], key
+    assert "repo/nonzero_adv_group_frac_off" not in m[1]  # no replayed group at step 1
     assert m[3]["repo/store_num_prompts"] == 4
     # 3 steps x 8 rows inserted, capacity 4 per prompt: 8 evictions by step 3
     assert m[3]["repo/store_num_evictions"] == 8 and m[3]["repo/store_num_entries"] == 16

