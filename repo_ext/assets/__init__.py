@@ -1,0 +1,1 @@
+"""Models built locally from files that install from PyPI (no model hub needed)."""
