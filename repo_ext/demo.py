@@ -45,6 +45,7 @@ class DemoSettings:
     eval_problems: int
     strategy: str = "highest_k"
     lr: float = 2e-6
+    temperature: float = 0.7
     eval_max_new_tokens: int = 96
     seed: int = 0
 
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-problems", type=int, help="held-out problems evaluated before and after")
     parser.add_argument("--strategy", default="highest_k", help="RePO retrieval strategy")
     parser.add_argument("--lr", type=float, default=2e-6, help="actor learning rate")
+    parser.add_argument(
+        "--temperature", type=float, default=0.7,
+        help="rollout temperature (the paper: 1.0; at 1.0 SmolLM2-135M gets ~9%% of chain sums right and few mixed groups)",
+    )
     parser.add_argument("--out", default="runs/demo", help="output folder (checkpoints, metrics, plot, evaluations)")
     parser.add_argument("--model", default=None, help="an HF model folder to train instead of SmolLM2-135M-Instruct")
     parser.add_argument("--skip-eval", action="store_true", help="skip the before/after evaluations")
@@ -85,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         raise SystemExit(
             f"--train-prompts={values['train_prompts']} must be a multiple of --prompts-per-step={values['prompts_per_step']}"
         )
-    return DemoSettings(**values, strategy=args.strategy, lr=args.lr)
+    return DemoSettings(**values, strategy=args.strategy, lr=args.lr, temperature=args.temperature)
 
 
 def say(message: str) -> None:
@@ -115,6 +120,7 @@ def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out
         f"data.max_response_length={s.response_length}",
         f"data.seed={s.seed}",
         f"actor_rollout_ref.rollout.n={s.samples}",
+        f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 16)}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 16)}",
