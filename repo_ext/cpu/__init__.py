@@ -1,0 +1,60 @@
+"""Running verl 0.9.1 on a machine without an accelerator. Independent of RePO.
+
+:func:`register` (called by the ``verl.plugins`` entry point ``repo_ext.plugin`` in every process
+that imports verl) registers:
+
+- the ``cpu`` platform with verl's ``PlatformRegistry`` (``repo_ext.cpu.platform``), picked by
+  verl's auto-detection when no accelerator platform is available, or by ``VERL_PLATFORM=cpu``;
+- when that platform is the one selected: FSDP engines for device ``cpu``, gloo-only process
+  groups and unpinned CPU offload (``repo_ext.cpu.verl_workarounds``, each naming the verl code
+  it works around). On a host with an accelerator none of these apply;
+- the rollout backend ``hf_cpu`` (HF ``generate``) with verl's rollout registries
+  (``repo_ext.cpu.hf_rollout``). It takes effect only when a run sets
+  ``actor_rollout_ref.rollout.name=hf_cpu``.
+
+Users select everything with the Hydra preset ``+preset=cpu`` (``repo_ext/config/preset/cpu.yaml``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "ROLLOUT_NAME"]
+
+ROLLOUT_NAME = "hf_cpu"
+
+
+def _register_rollout() -> None:
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    # verl keeps the adapter registry as a plain dict without a register function
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "repo_ext.cpu.hf_rollout.HFServerAdapter"
+    if ROLLOUT_NAME not in RolloutReplicaRegistry._registry:
+        RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+
+
+def _load_replica():
+    from repo_ext.cpu.hf_rollout import HFRolloutReplica
+
+    return HFRolloutReplica
+
+
+def register() -> None:
+    """Register the CPU platform, its verl workarounds (CPU hosts only) and the ``hf_cpu`` rollout.
+
+    Idempotent; cheap on hosts with an accelerator.
+    """
+    from repo_ext.cpu.platform import cpu_platform_selected, register_platform
+
+    register_platform()
+    _register_rollout()
+    if cpu_platform_selected():
+        from repo_ext.cpu import verl_workarounds
+
+        verl_workarounds.apply()
+
+
+# Import verl last, after `register` exists: a first import of a submodule such as
+# `repo_ext.cpu.platform` (which subclasses verl's PlatformBase) then loads verl here, and verl's
+# plugin loading calls `register()`, which imports that submodule completely, instead of verl
+# re-entering a half-imported `repo_ext.cpu.platform` and failing with a circular import.
+import verl  # noqa: E402, F401
