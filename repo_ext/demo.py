@@ -30,7 +30,7 @@ from pathlib import Path
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
     "quick": dict(steps=4, train_prompts=8, prompts_per_step=4, samples=4, response_length=64, eval_problems=16),
-    "default": dict(steps=12, train_prompts=16, prompts_per_step=8, samples=4, response_length=96, eval_problems=48),
+    "default": dict(steps=10, train_prompts=16, prompts_per_step=8, samples=4, response_length=64, eval_problems=32),
     "long": dict(steps=40, train_prompts=32, prompts_per_step=8, samples=8, response_length=128, eval_problems=100),
 }
 
@@ -46,7 +46,7 @@ class DemoSettings:
     strategy: str = "highest_k"
     lr: float = 2e-6
     temperature: float = 0.7
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 64
     seed: int = 0
 
 
