@@ -27,5 +27,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_repo_vs_grpo.py $(BENCH_ARGS)
 
+eval: $(STAMP)
+	$(PY) -m repo_ext.evaluate $(EVAL_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
