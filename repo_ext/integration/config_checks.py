@@ -25,10 +25,11 @@ STORE_BYTES_PER_TOKEN = 8
 
 
 def check_repo_wiring(config: DictConfig, repo: RePOConfig) -> None:
-    """RePO's estimator, loss and trainer are selected together, and the trainer that runs is RePO's.
+    """When RePO's estimator or loss is selected with replay on, the trainer that runs is RePO's.
 
-    Raises ValueError when RePO's parts are selected but verl would run a trainer without the
-    replay store (replay configured, nothing ever replayed), or the reverse.
+    Raises ValueError when ``repo_split`` or ``repo`` is selected with a trainer that has no replay
+    store (replay configured, nothing ever replayed), and when ``trainer_mode=repo_sync`` is set
+    but verl's legacy trainer (``trainer.use_v1=False``), which ignores it, would run.
     """
     repo_mode = _repo_trainer_mode()
     trainer_mode = str(config.trainer.v1.get("trainer_mode", "sync"))
@@ -96,9 +97,15 @@ def check_repo_batch_settings(config: DictConfig, repo: RePOConfig) -> None:
 class RePOLaunchCheck(Callback):
     """Hydra callback: run RePO's start-up checks in the launching process, before Ray starts.
 
-    ``repo_ext/config/algorithm/repo.yaml`` installs it under ``hydra.callbacks.repo_launch_check``,
-    so every launch that selects RePO through that file is checked in seconds instead of after the
-    Ray cluster and workers are up, including the launches that replace RePO's trainer.
+    Hydra runs it when the config lists it, e.g. in ``algorithm/repo.yaml``::
+
+        hydra:
+          callbacks:
+            repo_launch_check:
+              _target_: repo_ext.integration.config_checks.RePOLaunchCheck
+
+    Then every launch that selects RePO is checked in seconds instead of after the Ray cluster and
+    workers are up, including launches that swap RePO's trainer for another one.
     """
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:

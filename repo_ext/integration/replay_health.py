@@ -66,18 +66,21 @@ def replay_stall_reason(
             f"the replay store is empty; on-policy rows not stored, by reason: {rejected_text}. Fix the data or "
             "the reward function so that responses can be stored (see docs/reliability.md)."
         )
-    if byte_evictions > 0 and replayable == 0:
-        return prefix + (
-            f"algorithm.repo.max_store_bytes={store_stats['max_store_bytes']} evicted {byte_evictions} entries "
-            f"before any prompt reached min_cache_to_replay entries (store: {entries} entries of {prompts} "
-            "prompts). Raise max_store_bytes to at least min_cache_to_replay responses of every prompt of an "
-            "epoch, or set it to null."
-        )
     if dataset_prompts is not None and prompts > dataset_prompts:
         return prefix + (
-            f"the store holds {prompts} distinct prompt keys for {dataset_prompts} prompts per epoch, so the "
+            f"the store holds {prompts} distinct prompt keys for {dataset_prompts} prompts in the dataset, so the "
             "same prompt gets different token ids on different visits (e.g. a random or dated system prompt in "
             "the chat template). RePO keys its buffers by the prompt's token ids: make the prompt deterministic."
+        )
+    if byte_evictions > 0:
+        inserted = max(int(store_stats["num_inserted"]), 1)
+        steps_held = entries * global_step / inserted  # at the average insertion rate so far
+        return prefix + (
+            f"algorithm.repo.max_store_bytes={store_stats['max_store_bytes']} has evicted {byte_evictions} entries: "
+            f"the store holds {entries} entries, about the last {steps_held:.0f} steps of responses, while a prompt "
+            f"comes back once every {steps_per_epoch} steps, so its entries are gone before its next visit "
+            f"({replayable} prompts pass the gate now). Raise max_store_bytes to hold min_cache_to_replay responses "
+            "of every prompt of an epoch, or set it to null."
         )
     if replayable == 0:
         return prefix + (
