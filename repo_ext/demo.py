@@ -30,7 +30,7 @@ from pathlib import Path
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
     "quick": dict(steps=4, train_prompts=8, prompts_per_step=4, samples=4, response_length=64, eval_problems=16),
-    "default": dict(steps=10, train_prompts=16, prompts_per_step=8, samples=4, response_length=64, eval_problems=32),
+    "default": dict(steps=8, train_prompts=16, prompts_per_step=8, samples=4, response_length=64, eval_problems=32),
     "long": dict(steps=40, train_prompts=32, prompts_per_step=8, samples=8, response_length=128, eval_problems=100),
 }
 
@@ -122,8 +122,9 @@ def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out
         f"actor_rollout_ref.rollout.n={s.samples}",
         f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 16)}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 16)}",
+        # 8 rows per forward/backward keeps the actor near 5 GiB with SmolLM2's 49k-token vocabulary
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 8)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 8)}",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
@@ -167,6 +168,28 @@ def _progress_line(step: int, total: int, m: dict, seconds: float) -> str:
     )
 
 
+# Ray kills a worker that runs the machine out of memory, and verl's driver then waits forever.
+_FATAL_MARKERS = {
+    "killed due to memory pressure": "Ray killed a worker for lack of memory (close other programs, or use "
+    "--prompts-per-step / --samples / --response-length to make the batch smaller)",
+    "ray.exceptions.OutOfMemoryError": "out of memory in a Ray worker",
+    "ActorDiedError": "a verl worker died",
+}
+
+
+def _fatal_in_log(log_path: Path) -> str | None:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 200_000))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    for marker, meaning in _FATAL_MARKERS.items():
+        if marker in text:
+            return meaning
+    return None
+
+
 def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -> dict[int, dict]:
     """Run verl's main_ppo in its own process group; print a line per step from its metrics file."""
     metrics_path = out / "metrics.jsonl"
@@ -195,6 +218,10 @@ def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -
                             last = now
                 if done:
                     break
+                fatal = _fatal_in_log(log_path)
+                if fatal:
+                    _kill_group(proc)
+                    raise SystemExit(f"training stopped: {fatal}. See {log_path}")
                 if time.monotonic() - started > timeout_s:
                     _kill_group(proc)
                     raise SystemExit(f"training did not finish within {timeout_s:.0f} s (--train-timeout); see {log_path}")
