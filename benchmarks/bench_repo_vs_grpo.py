@@ -1,0 +1,682 @@
+"""RePO against GRPO side by side on this machine: ``make bench`` (issue 7).
+
+Every arm is one run of verl's stock entry point with the same model, data, seeds and on-policy
+sample budget (prompts per step x samples per prompt); the arms differ only in ``algorithm.repo.*``:
+
+- ``grpo``: ``strategy=none``: the RePO trainer without replay, which is exactly GRPO (tested in
+  ``tests/integration/test_e2e_repo_cpu.py::test_strategy_none_is_grpo``). It is used instead of
+  ``algorithm=grpo`` because verl's stock trainer does not log the fraction of groups with a
+  non-zero advantage, and because then the two arms run the same code except for replay;
+- ``recent_k``, ``highest_k``, ``max_variance_k``, ``random_k``: RePO with split advantages;
+- ``mixed_recent_k``: RePO, ``recent_k``, mixed advantages (the paper's ablation).
+
+Arms run one after the other (never in parallel: the timings compare). Per step it records the
+mean reward, the fractions of prompts whose group has a non-zero advantage (on-policy, replayed,
+either), the step time split into verl's phases plus the replay store's own work, the tokens, and
+the peak RSS of the run's process tree (sampled with psutil while the run goes). After each arm it
+scores the final checkpoint on held-out problems and rewrites the results (JSON, Markdown, PNG),
+so a stopped benchmark keeps the arms it finished.
+
+Examples::
+
+    make bench                                            # the committed run (SmolLM2-135M, CPU)
+    .venv/bin/python benchmarks/bench_repo_vs_grpo.py --arms grpo,recent_k --steps 2
+    .venv/bin/python benchmarks/bench_repo_vs_grpo.py --model tiny --arms grpo,recent_k --steps 1 --skip-eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: arm name -> algorithm.repo settings that differ between arms
+ARMS: dict[str, dict[str, str]] = {
+    "grpo": {"strategy": "none", "advantage_mode": "split"},
+    "recent_k": {"strategy": "recent_k", "advantage_mode": "split"},
+    "highest_k": {"strategy": "highest_k", "advantage_mode": "split"},
+    "max_variance_k": {"strategy": "max_variance_k", "advantage_mode": "split"},
+    "random_k": {"strategy": "random_k", "advantage_mode": "split"},
+    "mixed_recent_k": {"strategy": "recent_k", "advantage_mode": "mixed"},
+}
+BASELINE = "grpo"
+
+#: the paper's numbers (Qwen3-1.7B, G_on = G_off = 8), the yardstick for the printed ratios
+PAPER = {"effective_step_ratio": 46.1 / 31.2, "step_time_ratio": 1.15, "store_share_target": 0.02}
+PAPER_LINE = (
+    f"paper, Qwen3-1.7B: effective steps x{PAPER['effective_step_ratio']:.2f}, step time x{PAPER['step_time_ratio']:.2f}; "
+    f"store share target < {100 * PAPER['store_share_target']:.0f}%"
+)
+
+# verl's timing keys (seconds per step) and what the tables call them
+PHASES = {
+    "gen": "timing_s/gen",
+    "old_log_prob": "timing_s/old_log_prob",
+    "update": "timing_s/update_actor",
+    "repo_store": "timing_s/repo_store",
+}
+
+
+@dataclass
+class BenchSettings:
+    model: str  # "smollm2", "tiny" or an HF model folder
+    steps: int
+    train_prompts: int
+    prompts_per_step: int
+    samples: int
+    response_length: int
+    eval_problems: int
+    eval_max_new_tokens: int
+    lr: float
+    seed: int
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/bench_repo_vs_grpo.py",
+        description="GRPO and RePO (each retrieval strategy, split and mixed advantages) side by side on CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, run in this order; from {list(ARMS)}")
+    parser.add_argument("--model", default="smollm2", help="smollm2 (SmolLM2-135M-Instruct), tiny (smoke tests) or an HF folder")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per arm")
+    parser.add_argument("--train-prompts", type=int, default=2, help="prompts in the training set")
+    parser.add_argument("--prompts-per-step", type=int, default=2, help="data.train_batch_size")
+    parser.add_argument("--samples", type=int, default=4, help="G_on = G_off = min_cache_to_replay")
+    parser.add_argument("--response-length", type=int, default=48, help="max new tokens per training response")
+    parser.add_argument("--eval-problems", type=int, default=16, help="held-out arithmetic_test problems per arm")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=2e-6, help="actor learning rate (constant)")
+    parser.add_argument("--seed", type=int, default=0, help="data and sampling seed, the same for every arm")
+    parser.add_argument("--skip-eval", action="store_true", help="no held-out evaluation (and no checkpoint)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="results folder (JSON, MD, PNG)")
+    parser.add_argument("--work-dir", default="/tmp/bench_repo_vs_grpo", help="scratch: data, checkpoints, verl logs")
+    parser.add_argument("--run-timeout", type=float, default=1800.0, help="seconds before one arm's training is killed")
+    parser.add_argument("--from-json", default=None, help="only re-render the reports (MD, PNG, ratios) from a results JSON into --out")
+    parser.add_argument("--rss-interval", type=float, default=1.0, help="seconds between RSS samples")
+    return parser
+
+
+def parse_arms(text: str) -> list[str]:
+    arms = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise SystemExit(f"--arms={text!r}: unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    if len(set(arms)) != len(arms):
+        raise SystemExit(f"--arms={text!r} names an arm twice")
+    return arms
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    for name in ("steps", "train_prompts", "prompts_per_step", "eval_problems", "eval_max_new_tokens", "response_length"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.samples < 2:
+        raise SystemExit(f"--samples={args.samples}: group advantages need at least 2 samples per prompt")
+    if args.train_prompts % args.prompts_per_step:
+        raise SystemExit(
+            f"--train-prompts={args.train_prompts} must be a multiple of --prompts-per-step={args.prompts_per_step} "
+            "(every prompt then comes back at the same rate)"
+        )
+    return BenchSettings(
+        model=args.model, steps=args.steps, train_prompts=args.train_prompts, prompts_per_step=args.prompts_per_step,
+        samples=args.samples, response_length=args.response_length, eval_problems=args.eval_problems,
+        eval_max_new_tokens=args.eval_max_new_tokens, lr=args.lr, seed=args.seed,
+    )
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Setup:
+    """What every arm shares: model folder, training data and reward function."""
+
+    model_dir: Path
+    train_file: Path
+    reward_path: str
+    max_prompt_length: int
+
+
+def prepare(s: BenchSettings, work: Path) -> Setup:
+    if s.model == "tiny":
+        from repo_ext.assets.tiny_model import build_tiny_model
+        from repo_ext.cpu.tiny_run import reward_function_path, write_arithmetic_parquet
+
+        model = build_tiny_model(work / "tiny_model", seed=s.seed)
+        train = write_arithmetic_parquet(work / "data" / "train.parquet", num_prompts=s.train_prompts, seed=s.seed)
+        return Setup(Path(model), Path(train), str(reward_function_path()), 64)
+    from repo_ext.data import load_rows, write_parquet
+
+    if s.model == "smollm2":
+        from repo_ext.assets.smollm2 import build_smollm2
+
+        model = Path(build_smollm2())
+    else:
+        model = Path(s.model).resolve()
+        if not (model / "config.json").exists():
+            raise SystemExit(f"--model={s.model}: not 'smollm2', 'tiny' or an HF model folder (no config.json)")
+    train = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), work / "data" / "train.parquet")
+    return Setup(model, Path(train), "pkg://repo_ext.data.reward", 256)
+
+
+def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: bool) -> list[str]:
+    """``main_ppo`` overrides of one arm. Only ``algorithm.repo.strategy/advantage_mode`` differ.
+
+    G_off = G_on = samples and min_cache_to_replay = samples: a prompt's first visit fills its
+    buffer, replay starts on its second visit (the paper: 16 = two visits of 8, so the third).
+    """
+    rows = s.prompts_per_step * s.samples
+    repo = ARMS[arm]
+    return [
+        "--config-name=repo_trainer",
+        "+preset=cpu",
+        "algorithm=repo",
+        f"algorithm.repo.strategy={repo['strategy']}",
+        f"algorithm.repo.advantage_mode={repo['advantage_mode']}",
+        f"algorithm.repo.num_replays={s.samples}",
+        f"algorithm.repo.min_cache_to_replay={s.samples}",
+        f"algorithm.repo.max_cache_size={2 * s.samples}",
+        f"algorithm.repo.seed={s.seed}",
+        f"actor_rollout_ref.model.path={setup.model_dir}",
+        f"data.train_files={setup.train_file}",
+        f"data.val_files={setup.train_file}",
+        f"data.train_batch_size={s.prompts_per_step}",
+        f"data.max_prompt_length={setup.max_prompt_length}",
+        f"data.max_response_length={s.response_length}",
+        f"data.seed={s.seed}",
+        f"actor_rollout_ref.rollout.n={s.samples}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 16)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 16)}",
+        f"actor_rollout_ref.actor.optim.lr={s.lr}",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
+        f"reward.custom_reward_function.path={setup.reward_path}",
+        "reward.custom_reward_function.name=compute_score",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        f"trainer.save_freq={s.steps if save else -1}",
+        f"trainer.total_training_steps={s.steps}",
+        "trainer.total_epochs=1000",
+        "trainer.resume_mode=disable",
+        "trainer.logger=[console,file]",
+        "trainer.project_name=bench_repo_vs_grpo",
+        f"trainer.experiment_name={arm}",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------- one run
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS of a process and all its descendants (Ray's workers included), and
+    the machine's 1-minute load average; attributes each sample to the step that is running, i.e.
+    the first step whose metrics line has not appeared yet in ``metrics_path``."""
+
+    def __init__(self, pid: int, metrics_path: Path, interval: float):
+        super().__init__(daemon=True)
+        self.pid, self.metrics_path, self.interval = pid, metrics_path, interval
+        self.stop_event = threading.Event()
+        self.peak_rss: dict[int, int] = {}  # step -> bytes (step 0: start-up before step 1)
+        self.step_seen_at: dict[int, float] = {}  # step -> seconds since start when its metrics appeared
+        self.load: list[float] = []
+        self.started = time.monotonic()
+
+    def _tree_rss(self) -> int:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def _logged_steps(self) -> int:
+        try:
+            return sum(1 for line in self.metrics_path.read_text().splitlines() if line.strip())
+        except FileNotFoundError:
+            return 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            done = self._logged_steps()
+            now = time.monotonic() - self.started
+            for step in range(1, done + 1):
+                self.step_seen_at.setdefault(step, now)
+            rss = self._tree_rss()
+            running = done + 1
+            self.peak_rss[running] = max(self.peak_rss.get(running, 0), rss)
+            self.load.append(os.getloadavg()[0])
+            self.stop_event.wait(self.interval)
+
+
+def train_arm(overrides: list[str], run_dir: Path, timeout_s: float, interval: float) -> tuple[list[dict], TreeSampler, float]:
+    from repo_ext.cpu.tiny_run import run_main_ppo
+
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    holder: dict[str, TreeSampler] = {}
+
+    def start_sampler(proc: subprocess.Popen) -> None:
+        holder["sampler"] = TreeSampler(proc.pid, metrics_path, interval)
+        holder["sampler"].start()
+
+    try:
+        result = run_main_ppo(
+            overrides, timeout_s=timeout_s, log_path=run_dir / "train.log",
+            env={"VERL_FILE_LOGGER_PATH": str(metrics_path)}, on_start=start_sampler,
+        )
+    finally:
+        if "sampler" in holder:
+            holder["sampler"].stop_event.set()
+            holder["sampler"].join()
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    return records, holder["sampler"], result.seconds
+
+
+def _get(d: dict, key: str) -> float | None:
+    value = d.get(key)
+    return None if value is None else float(value)
+
+
+def step_rows(records: list[dict], sampler: TreeSampler) -> list[dict]:
+    """One flat dict per step with everything the tables and plots use (seconds, bytes, fractions)."""
+    rows = []
+    cumulative = 0.0
+    for rec in sorted(records, key=lambda r: int(r["step"])):
+        step, m = int(rec["step"]), rec["data"]
+        step_s = float(m["timing_s/step"])
+        # checkpoint saving is inside verl's step timer at the last step; it is not training work
+        train_s = step_s - float(m.get("timing_s/save_checkpoint", 0.0))
+        cumulative += train_s
+        phases = {name: float(m.get(key, 0.0)) for name, key in PHASES.items()}
+        rows.append(
+            {
+                "step": step,
+                "reward_mean": _get(m, "critic/score/mean"),
+                "nonzero_adv_frac_on": _get(m, "repo/nonzero_adv_group_frac_on"),
+                # logged only in steps where some prompt got replayed rows
+                "nonzero_adv_frac_off": _get(m, "repo/nonzero_adv_group_frac_off") if m.get("repo/replayed_rows", 0) else None,
+                "nonzero_adv_frac_all": _get(m, "repo/nonzero_adv_group_frac_all"),
+                "replayed_rows": _get(m, "repo/replayed_rows"),
+                "on_policy_rows": _get(m, "repo/on_policy_rows"),
+                "step_s": train_s,
+                **{f"{name}_s": value for name, value in phases.items()},
+                "other_s": train_s - sum(phases.values()),
+                "save_checkpoint_s": float(m.get("timing_s/save_checkpoint", 0.0)),
+                "cumulative_train_s": cumulative,
+                "wall_s_since_launch": sampler.step_seen_at.get(step),
+                # on-policy prompt + response tokens (verl's perf/total_num_tokens), and the tokens
+                # of the update batch, replayed rows included (global_seqlen/mean x 1 data-parallel rank)
+                "tokens_on_policy": _get(m, "perf/total_num_tokens"),
+                "tokens_trained": _get(m, "global_seqlen/mean"),
+                "response_length_mean": _get(m, "response_length/mean"),
+                "store_entries": _get(m, "repo/store_num_entries"),
+                "store_nbytes": _get(m, "repo/store_nbytes"),
+                # step 1's peak includes verl's start-up (samples before the first metrics line)
+                "peak_rss_gib": sampler.peak_rss.get(step, 0) / 2**30 or None,
+            }
+        )
+    return rows
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def arm_summary(rows: list[dict], replay_steps: list[int]) -> dict:
+    """Means over all steps, over the steps where RePO replays (the same step numbers for every
+    arm), and over steps >= 2 (step 1 carries one-off warm-up work)."""
+
+    def over(steps: list[int]) -> dict:
+        sel = [r for r in rows if r["step"] in steps]
+        return {
+            "reward_mean": _mean(r["reward_mean"] for r in sel),
+            "nonzero_adv_frac_on": _mean(r["nonzero_adv_frac_on"] for r in sel),
+            "nonzero_adv_frac_off": _mean(r["nonzero_adv_frac_off"] for r in sel),
+            "nonzero_adv_frac_all": _mean(r["nonzero_adv_frac_all"] for r in sel),
+            "step_s": _mean(r["step_s"] for r in sel),
+            **{f"{name}_s": _mean(r[f"{name}_s"] for r in sel) for name in PHASES},
+            "tokens_trained": _mean(r["tokens_trained"] for r in sel),
+            "replayed_rows": _mean(r["replayed_rows"] for r in sel),
+        }
+
+    all_steps = [r["step"] for r in rows]
+    total_step = sum(r["step_s"] for r in rows)
+    return {
+        "all_steps": over(all_steps),
+        "replay_steps": over(replay_steps),
+        "steps_from_2": over([s for s in all_steps if s >= 2]),
+        "repo_store_share_of_step_time": sum(r["repo_store_s"] for r in rows) / total_step if total_step else None,
+        "train_seconds": total_step,
+        "peak_rss_gib": max((r["peak_rss_gib"] or 0.0) for r in rows) if rows else None,
+    }
+
+
+def evaluate_checkpoint(checkpoint: Path, s: BenchSettings, out_json: Path, log_path: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "repo_ext.evaluate", "--model", str(checkpoint), "--benchmarks", "arithmetic_test",
+        "--limit", str(s.eval_problems), "--max-new-tokens", str(s.eval_max_new_tokens), "--seed", str(s.seed),
+        # one thread: on a shared, oversubscribed 2-core machine more threads are slower
+        "--threads", "1",
+        "--out", str(out_json),
+    ]
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=1800)
+    result = json.loads(out_json.read_text())["benchmarks"]["arithmetic_test"]
+    return {
+        "problems": result["problems"],
+        "pass@1": result["pass@1"],
+        "mean_response_tokens": result.get("mean_response_tokens"),
+        "truncated_fraction": result.get("truncated_fraction"),
+        "seconds": time.monotonic() - start,
+    }
+
+
+# ---------------------------------------------------------------------------------------- ratios
+
+
+def ratios(arms: dict[str, dict]) -> dict[str, dict]:
+    """Each RePO arm against GRPO (when GRPO ran): the quantities the paper reports.
+
+    effective_step_ratio: mean fraction of prompts with a non-zero advantage in at least one of
+    their groups (RePO: on or replayed; GRPO: on-policy), RePO / GRPO, over the steps where RePO
+    replays and over all steps. step_time_ratio: mean training step time (checkpoint save
+    excluded), RePO / GRPO, over the same steps.
+    """
+    base = arms.get(BASELINE)
+    out = {}
+    for name, arm in arms.items():
+        if name == BASELINE:
+            continue
+        entry = {"repo_store_share_of_step_time": arm["summary"]["repo_store_share_of_step_time"]}
+        # within the RePO run itself: replay's effect with the same rollouts (no cross-run noise)
+        rs = arm["summary"]["replay_steps"]
+        entry["same_run_all_over_on_replay_steps"] = _ratio(rs["nonzero_adv_frac_all"], rs["nonzero_adv_frac_on"])
+        if base is not None:
+            for span in ("replay_steps", "all_steps", "steps_from_2"):
+                r, g = arm["summary"][span], base["summary"][span]
+                entry[f"effective_step_ratio_{span}"] = _ratio(r["nonzero_adv_frac_all"], g["nonzero_adv_frac_on"])
+                entry[f"step_time_ratio_{span}"] = _ratio(r["step_s"], g["step_s"])
+            if arm.get("heldout") and base.get("heldout"):
+                entry["heldout_pass@1_minus_grpo"] = arm["heldout"]["pass@1"] - base["heldout"]["pass@1"]
+        out[name] = entry
+    return out
+
+
+def pooled_replay_effect(arms: dict[str, dict], replay_steps: list[int]) -> dict | None:
+    """Replay's effect measured inside the RePO runs, pooled over all RePO arms and replay steps.
+
+    Each RePO step has on-policy groups (what GRPO would have seen with the same rollouts) and
+    replayed groups: the ratio of the mean fraction of prompts with a non-zero advantage in either
+    to the mean fraction in the on-policy groups alone compares the two on the same samples, so the
+    sampling noise between runs does not enter. None when no RePO arm has a replay step.
+    """
+    on, either = [], []
+    for name, arm in arms.items():
+        if name == BASELINE:
+            continue
+        for row in arm["steps"]:
+            if row["step"] in replay_steps and row["nonzero_adv_frac_on"] is not None:
+                on.append(row["nonzero_adv_frac_on"])
+                either.append(row["nonzero_adv_frac_all"])
+    if not on:
+        return None
+    return {"steps": len(on), "nonzero_adv_frac_on": _mean(on), "nonzero_adv_frac_all": _mean(either),
+            "all_over_on": _ratio(_mean(either), _mean(on))}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+# ---------------------------------------------------------------------------------------- reports
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _heldout_cell(held: dict | None) -> str:
+    return "-" if not held else f"{100 * held['pass@1']:.1f}% of {held['problems']}"
+
+
+def _points(diff: float | None) -> str:
+    return "-" if diff is None else f"{100 * diff:+.1f} points"
+
+
+def markdown(results: dict) -> str:
+    s, arms = results["settings"], results["arms"]
+    lines = [
+        "# RePO vs GRPO benchmark (generated by benchmarks/bench_repo_vs_grpo.py)",
+        "",
+        f"Model `{s['model']}`; {s['steps']} steps x {s['prompts_per_step']} prompts x {s['samples']} samples "
+        f"(G_off = {s['samples']}), {s['train_prompts']} training prompts, max {s['response_length']} response tokens, "
+        f"lr {s['lr']}, seed {s['seed']}. Replay steps: {results['replay_steps']}. "
+        f"Machine: {results['machine']['cpus']} CPUs, load average during the arms: "
+        + ", ".join(f"{n} {_fmt(a['load_avg_mean'], '.1f')}" for n, a in arms.items())
+        + " (timings on a shared machine are noisy).",
+        "",
+        "## Per arm (means; `replay` = the steps in which RePO replays)",
+        "",
+        "| arm | reward (all) | non-zero adv on (replay) | off (replay) | on or off (replay) | step s (replay) "
+        "| gen s | old-log-prob s | update s | store s | store share | tokens trained (replay) | peak RSS GiB "
+        "| held-out pass@1 | run s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, arm in arms.items():
+        a, r = arm["summary"]["all_steps"], arm["summary"]["replay_steps"]
+        held = arm.get("heldout")
+        lines.append(
+            f"| {name} | {_fmt(a['reward_mean'], '.3f')} | {_fmt(r['nonzero_adv_frac_on'])} | {_fmt(r['nonzero_adv_frac_off'])} "
+            f"| {_fmt(r['nonzero_adv_frac_all'])} | {_fmt(r['step_s'], '.1f')} | {_fmt(r['gen_s'], '.1f')} "
+            f"| {_fmt(r['old_log_prob_s'], '.1f')} | {_fmt(r['update_s'], '.1f')} | {_fmt(r['repo_store_s'], '.3f')} "
+            f"| {_fmt(100 * arm['summary']['repo_store_share_of_step_time'], '.2f')}% | {_fmt(r['tokens_trained'], '.0f')} "
+            f"| {_fmt(arm['summary']['peak_rss_gib'])} "
+            f"| {_heldout_cell(held)} | {_fmt(arm['run_seconds'], '.0f')} |"
+        )
+    lines += ["", f"## Ratios against GRPO ({PAPER_LINE})", "",
+              "| arm | effective-step ratio (replay steps) | (all steps) | same-run on-or-off / on (replay steps) "
+              "| step-time ratio (replay steps) | (all steps) | store share | held-out pass@1 minus GRPO |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, q in results["ratios"].items():
+        diff = q.get("heldout_pass@1_minus_grpo")
+        lines.append(
+            f"| {name} | {_fmt(q.get('effective_step_ratio_replay_steps'))} | {_fmt(q.get('effective_step_ratio_all_steps'))} "
+            f"| {_fmt(q.get('same_run_all_over_on_replay_steps'))} | {_fmt(q.get('step_time_ratio_replay_steps'))} "
+            f"| {_fmt(q.get('step_time_ratio_all_steps'))} | {_fmt(100 * q['repo_store_share_of_step_time'], '.2f')}% "
+            f"| {_points(diff)} |"
+        )
+    pooled = results.get("pooled_replay_effect")
+    if pooled:
+        lines += ["", f"Pooled over the RePO arms' {pooled['steps']} replay steps (same rollouts, no cross-run noise): "
+                  f"prompts with a non-zero advantage, on-policy groups {_fmt(pooled['nonzero_adv_frac_on'], '.3f')}, "
+                  f"on-policy or replayed {_fmt(pooled['nonzero_adv_frac_all'], '.3f')}, "
+                  f"ratio {_fmt(pooled['all_over_on'])} (paper: {PAPER['effective_step_ratio']:.2f})."]
+    lines += ["", "## Per step", "",
+              "| arm | step | reward | nz on | nz off | nz on-or-off | replayed rows | step s | gen s | old-lp s | update s "
+              "| store s | tokens on-policy | tokens trained | peak RSS GiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, arm in arms.items():
+        for r in arm["steps"]:
+            lines.append(
+                f"| {name} | {r['step']} | {_fmt(r['reward_mean'], '.3f')} | {_fmt(r['nonzero_adv_frac_on'])} "
+                f"| {_fmt(r['nonzero_adv_frac_off'])} | {_fmt(r['nonzero_adv_frac_all'])} | {_fmt(r['replayed_rows'], '.0f')} "
+                f"| {_fmt(r['step_s'], '.1f')} | {_fmt(r['gen_s'], '.1f')} | {_fmt(r['old_log_prob_s'], '.1f')} "
+                f"| {_fmt(r['update_s'], '.1f')} | {_fmt(r['repo_store_s'], '.3f')} | {_fmt(r['tokens_on_policy'], '.0f')} "
+                f"| {_fmt(r['tokens_trained'], '.0f')} | {_fmt(r['peak_rss_gib'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    arms = results["arms"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    for name, arm in arms.items():
+        rows = arm["steps"]
+        steps = [r["step"] for r in rows]
+        wall = [r["cumulative_train_s"] for r in rows]
+        reward = [r["reward_mean"] for r in rows]
+        # GRPO's "effective" groups are its on-policy groups; RePO's are on-policy or replayed
+        nz = [r["nonzero_adv_frac_on"] if name == BASELINE else r["nonzero_adv_frac_all"] for r in rows]
+        style = dict(marker="o", label=name, linewidth=2.5 if name == BASELINE else 1.5)
+        axes[0, 0].plot(steps, reward, **style)
+        axes[0, 1].plot(steps, nz, **style)
+        axes[1, 0].plot(wall, reward, **style)
+        axes[1, 1].plot(wall, nz, **style)
+    for ax in axes[0]:
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[1]:
+        ax.set_xlabel("cumulative training time, s (start-up and checkpoint save excluded)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean reward (on-policy samples)")
+    for ax in axes[:, 1]:
+        ax.set_ylabel("prompts with non-zero advantage\n(GRPO: on-policy; RePO: on or replayed)")
+    for ax in axes.flat:
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    s = results["settings"]
+    fig.suptitle(
+        f"RePO vs GRPO, {s['model']}, {s['prompts_per_step']} prompts x {s['samples']} samples/step, CPU "
+        f"({results['machine']['cpus']} cores, shared)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_results(results: dict, out: Path) -> None:
+    results["ratios"] = ratios(results["arms"])
+    results["pooled_replay_effect"] = pooled_replay_effect(results["arms"], results["replay_steps"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_repo_vs_grpo.json").write_text(json.dumps(results, indent=2))
+    (out / "bench_repo_vs_grpo.md").write_text(markdown(results))
+    plot(results, out / "bench_repo_vs_grpo.png")
+
+
+def print_ratios(results: dict) -> None:
+    pooled = results.get("pooled_replay_effect")
+    if pooled:
+        print(f"\nPooled over RePO arms, replay steps: non-zero-advantage prompts on-policy "
+              f"{_fmt(pooled['nonzero_adv_frac_on'], '.3f')} -> on or replayed {_fmt(pooled['nonzero_adv_frac_all'], '.3f')} "
+              f"(ratio {_fmt(pooled['all_over_on'])}; paper {PAPER['effective_step_ratio']:.2f})")
+    print(f"\nRatios against GRPO ({PAPER_LINE}):")
+    for name, q in results["ratios"].items():
+        diff = q.get("heldout_pass@1_minus_grpo")
+        print(
+            f"  {name:15s} effective-step ratio {_fmt(q.get('effective_step_ratio_replay_steps'))} (replay steps), "
+            f"{_fmt(q.get('effective_step_ratio_all_steps'))} (all steps); step-time ratio "
+            f"{_fmt(q.get('step_time_ratio_replay_steps'))} (replay steps), {_fmt(q.get('step_time_ratio_all_steps'))} (all); "
+            f"store share {_fmt(100 * q['repo_store_share_of_step_time'], '.2f')}%; held-out pass@1 vs GRPO "
+            f"{_points(diff)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        write_results(results, Path(args.out).resolve())
+        print(markdown(results).split("## Per step")[0])
+        print_ratios(results)
+        return results
+    arms = parse_arms(args.arms)
+    s = settings_from_args(args)
+    out, work = Path(args.out).resolve(), Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = s.train_prompts // s.prompts_per_step
+    results = {
+        "settings": asdict(s),
+        "arms_requested": arms,
+        # a prompt is first seen at step i <= steps_per_epoch and replayed from its next visit on
+        "replay_steps": [t for t in range(steps_per_epoch + 1, s.steps + 1)],
+        "machine": {"cpus": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 2**30,
+                    "python": sys.version.split()[0]},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "arms": {},
+    }
+    say(f"settings {asdict(s)}; arms {arms}; results -> {out}; scratch -> {work}")
+    setup = prepare(s, work)
+    say(f"model {setup.model_dir}; train data {setup.train_file}")
+    for arm in arms:
+        run_dir = work / arm
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        overrides = arm_overrides(s, setup, arm, run_dir, save=not args.skip_eval)
+        load_before = os.getloadavg()
+        say(f"arm {arm}: training ({s.steps} steps); verl log {run_dir / 'train.log'}")
+        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval)
+        rows = step_rows(records, sampler)
+        if len(rows) != s.steps:
+            raise SystemExit(f"arm {arm}: verl logged {len(rows)} steps, expected {s.steps}; see {run_dir / 'train.log'}")
+        entry = {
+            "overrides": overrides,
+            "run_seconds": seconds,
+            "startup_seconds": sampler.step_seen_at.get(1, seconds) - rows[0]["step_s"] if rows else None,
+            "load_avg_before": load_before[0],
+            "load_avg_mean": _mean(sampler.load),
+            "steps": rows,
+            "summary": arm_summary(rows, results["replay_steps"]),
+        }
+        say(
+            f"arm {arm}: {seconds:.0f} s; reward {_fmt(entry['summary']['all_steps']['reward_mean'], '.3f')}; "
+            f"non-zero adv (replay steps) on {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_on'])} "
+            f"all {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_all'])}; "
+            f"step {_fmt(entry['summary']['replay_steps']['step_s'], '.1f')} s; peak RSS {_fmt(entry['summary']['peak_rss_gib'])} GiB"
+        )
+        if not args.skip_eval:
+            checkpoint = run_dir / "checkpoints" / f"global_step_{s.steps}"
+            say(f"arm {arm}: held-out evaluation of {checkpoint} ({s.eval_problems} problems)")
+            entry["heldout"] = evaluate_checkpoint(checkpoint, s, run_dir / "heldout.json", run_dir / "eval.log")
+            say(f"arm {arm}: held-out pass@1 {100 * entry['heldout']['pass@1']:.1f}% ({entry['heldout']['seconds']:.0f} s)")
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~1.6 GB each with SmolLM2
+        results["arms"][arm] = entry
+        results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_results(results, out)  # after every arm: a stopped benchmark keeps what it finished
+        say(f"arm {arm} done; results so far in {out}")
+    print()
+    print(markdown(results).split("## Per step")[0])
+    print_ratios(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
