@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from repo_ext.cpu.tiny_run import kill_process_group
+
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
     "quick": dict(steps=4, train_prompts=8, prompts_per_step=4, samples=4, response_length=64, eval_problems=16),
@@ -143,19 +145,6 @@ def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out
     ]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _progress_line(step: int, total: int, m: dict, seconds: float) -> str:
     def g(key, fmt="{:.2f}"):
         return fmt.format(m[key]) if key in m else "-"
@@ -220,10 +209,10 @@ def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -
                     break
                 fatal = _fatal_in_log(log_path)
                 if fatal:
-                    _kill_group(proc)
+                    kill_process_group(proc)
                     raise SystemExit(f"training stopped: {fatal}. See {log_path}")
                 if time.monotonic() - started > timeout_s:
-                    _kill_group(proc)
+                    kill_process_group(proc)
                     raise SystemExit(f"training did not finish within {timeout_s:.0f} s (--train-timeout); see {log_path}")
                 if not metrics and time.monotonic() - started > 60 and int(time.monotonic() - started) % 60 < 2:
                     say(f"starting verl (Ray, workers, model) ... {time.monotonic() - started:.0f} s")

@@ -148,7 +148,7 @@ def _tail(path: Path, chars: int = 6000) -> str:
         return "<no log>"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_process_group(proc: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -196,7 +196,7 @@ def run_main_ppo(
         try:
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_process_group(proc)
             raise MainPPOTimeout(
                 f"verl main_ppo did not finish within {timeout_s:.0f} s and was killed. "
                 f"Log {log_path}, last lines:\n{_tail(log_path)}"
