@@ -186,10 +186,11 @@ def repo_policy_loss(
     Returns:
         ``(loss, metrics)``: a scalar tensor and a dict of floats:
         ``repo/on_policy_loss`` and ``repo/off_policy_loss`` (each side aggregated alone with
-        ``loss_agg_mode`` over its local rows, without the coefficient; 0.0 for an empty side),
+        ``loss_agg_mode`` over its local rows, without the coefficient),
         ``repo/on_clipfrac``, ``repo/off_clipfrac`` (fraction of the side's valid tokens whose clip
         was active), ``repo/off_ratio_mean``, ``repo/off_ratio_max`` (ratio pi_theta / pi_behaviour
-        over valid off-policy tokens; 0.0 when there are none), ``repo/nonzero_adv_row_frac``
+        over valid off-policy tokens) — each side's metrics only when the micro-batch has tokens of
+        that side —, ``repo/nonzero_adv_row_frac``
         (fraction of rows with a valid token whose advantage is non-zero on some valid token),
         ``repo/off_row_frac`` (fraction of rows with a valid token that are off-policy), and verl's
         ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` over all valid tokens.
@@ -306,13 +307,20 @@ def _metrics(
     nonzero_rows = ((advantages.detach() != 0) & mask).any(dim=-1)
     off_rows = off_mask.any(dim=-1)
     num_valid_rows = int(valid_rows.sum())
+    # A side's metrics are reported only by micro-batches that hold tokens of that side: verl
+    # averages each metric over the micro-batches that report it, so a 0.0 from a micro-batch
+    # without replayed rows would drag e.g. the mean off-policy ratio towards 0.
+    side: dict[str, float] = {}
+    if bool(on_mask.any()):
+        side["repo/on_policy_loss"] = side_loss(on_mask)
+        side["repo/on_clipfrac"] = masked_mean(clipped, on_mask).item()
+    if off_ratios.numel():
+        side["repo/off_policy_loss"] = side_loss(off_mask)
+        side["repo/off_clipfrac"] = masked_mean(clipped, off_mask).item()
+        side["repo/off_ratio_mean"] = off_ratios.mean().item()
+        side["repo/off_ratio_max"] = off_ratios.max().item()
     return {
-        "repo/on_policy_loss": side_loss(on_mask),
-        "repo/off_policy_loss": side_loss(off_mask),
-        "repo/on_clipfrac": masked_mean(clipped, on_mask).item(),
-        "repo/off_clipfrac": masked_mean(clipped, off_mask).item(),
-        "repo/off_ratio_mean": off_ratios.mean().item() if off_ratios.numel() else 0.0,
-        "repo/off_ratio_max": off_ratios.max().item() if off_ratios.numel() else 0.0,
+        **side,
         "repo/nonzero_adv_row_frac": int(nonzero_rows.sum()) / num_valid_rows if num_valid_rows else 0.0,
         "repo/off_row_frac": int(off_rows.sum()) / num_valid_rows if num_valid_rows else 0.0,
         "actor/pg_clipfrac": masked_mean(clipped, mask).item(),

@@ -103,11 +103,12 @@ def test_paper_weighting_with_one_side_empty(mode):
     only_off = make_batch(5, off_rows=range(7))
     loss, metrics = run(only_off, weighting="paper", off_policy_loss_coef=0.5, loss_agg_mode=mode)
     assert loss.item() == pytest.approx(expected_loss(only_off, mode, "paper", 0.5), rel=1e-12)
-    assert metrics["repo/on_policy_loss"] == 0.0 and metrics["repo/on_clipfrac"] == 0.0
+    # a side without tokens reports nothing (verl averages a metric over the micro-batches reporting it)
+    assert "repo/on_policy_loss" not in metrics and "repo/on_clipfrac" not in metrics
     only_on = make_batch(5, off_rows=())
     loss, metrics = run(only_on, weighting="paper", off_policy_loss_coef=0.5, loss_agg_mode=mode)
     assert loss.item() == pytest.approx(expected_loss(only_on, mode, "paper", 0.5), rel=1e-12)
-    assert metrics["repo/off_policy_loss"] == 0.0 and metrics["repo/off_ratio_max"] == 0.0
+    assert not any(key.startswith("repo/off_") and key != "repo/off_row_frac" for key in metrics)
 
 
 # ---------------------------------------------------------------- gradient and metrics on a hand example
