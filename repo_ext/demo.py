@@ -255,24 +255,18 @@ def plot(metrics: dict[int, dict], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(steps, series("critic/score/mean"), marker="o", label="mean reward (on-policy samples)")
-    ax1.set_xlabel("training step")
-    ax1.set_ylabel("reward")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.grid(alpha=0.3)
-    ax1.legend(loc="best")
-    ax1.set_title("Reward")
     ax2.plot(steps, series("repo/nonzero_adv_group_frac_on"), marker="o", label="on-policy groups (GRPO's view)")
     ax2.plot(steps, series("repo/nonzero_adv_group_frac_off"), marker="s", label="replayed groups")
     ax2.plot(steps, series("repo/nonzero_adv_group_frac_all"), marker="^", label="on or replayed (RePO)")
-    ax2.set_xlabel("training step")
-    ax2.set_ylabel("fraction of prompts")
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.grid(alpha=0.3)
-    ax2.legend(loc="best")
-    ax2.set_title("Prompts with a non-zero advantage")
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (ax1, ax2):
+    for ax, ylabel, title in ((ax1, "reward", "Reward"), (ax2, "fraction of prompts", "Prompts with a non-zero advantage")):
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        ax.set_title(title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("RePO on SmolLM2-135M-Instruct, arithmetic, CPU")
     fig.tight_layout()

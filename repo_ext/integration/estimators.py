@@ -76,9 +76,7 @@ def repo_config_from_algorithm(config: Any) -> RePOConfig:
             repo = OmegaConf.to_container(repo, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf ships with verl
         pass
-    cfg = RePOConfig.from_mapping(repo)
-    cfg.validate()
-    return cfg
+    return RePOConfig.from_mapping(repo)  # from_mapping validates
 
 
 def compute_repo_split_advantage(

@@ -254,17 +254,23 @@ class RePOTrainer(PPOTrainerSync):
         # Duplicate prompts in one batch (the same prompt sampled twice) are different verl groups
         # (different uids) but one store key: they are given replay once, with the first group.
         new_keys, new_rows, new_tags, staleness = [], [], [], []
-        prompts_with_replay = 0
         key_index = {k: i for i, k in enumerate(batch.keys)}
+        retrieved = []
         for pkey, keys in rows_of_prompt.items():
             if len(uid_of_prompt[pkey]) > 1:
                 self._bad_rows["duplicate_prompt_groups"] += len(uid_of_prompt[pkey]) - 1
             entries = self.replay_store.retrieve(pkey, repo.strategy, repo.num_replays)
-            if not entries:
-                continue
-            prompts_with_replay += 1
-            template_key = keys[0]
-            template = tq.kv_batch_get(keys=[template_key], partition_id=pid)[0]
+            if entries:
+                retrieved.append((pkey, keys[0], entries))
+        prompts_with_replay = len(retrieved)
+        # one read of every field of one on-policy row per replayed prompt (the row templates)
+        templates = (
+            tq.kv_batch_get(keys=[template_key for _, template_key, _ in retrieved], partition_id=pid)
+            if retrieved
+            else None
+        )
+        for position, (pkey, template_key, entries) in enumerate(retrieved):
+            template = templates[position]
             template = {name: template[name] for name in template.keys()}
             template_tag = batch.tags[key_index[template_key]]
             uid = str(template["uid"])
@@ -316,7 +322,7 @@ class RePOTrainer(PPOTrainerSync):
                 "repo/staleness_max": float(np.max(staleness)) if staleness else 0.0,
             }
         )
-        self._check_replay_alive(n_off)
+        self._check_replay_alive()
         return KVBatchMeta(
             keys=list(batch.keys) + new_keys,
             tags=list(batch.tags) + new_tags,
@@ -354,7 +360,7 @@ class RePOTrainer(PPOTrainerSync):
             sizes["ref"] = arr.ref.get("log_prob_micro_batch_size_per_gpu")
         return sizes
 
-    def _check_replay_alive(self, n_off: int) -> None:
+    def _check_replay_alive(self) -> None:
         """Warn loudly (once) and log ``repo/replay_stalled`` while replay is configured on but nothing
         has been injected after the gate should have opened; the reason comes from ``replay_health``."""
         repo = self.repo_config

@@ -107,11 +107,11 @@ def test_trainer_warns_once_and_logs_the_metric_every_step(caplog):
     store.insert("p", np.array([1]), np.array([-0.5], np.float32), 1.0, 1)  # 1 entry: below the gate of 2
     trainer = _fake_trainer(store, step=2)
     with caplog.at_level(logging.WARNING, logger="repo_ext.integration.trainer"):
-        RePOTrainer._check_replay_alive(trainer, 0)  # step 2 is the gate step: not yet
+        RePOTrainer._check_replay_alive(trainer)  # step 2 is the gate step: not yet
         assert trainer._step_state.metrics["repo/replay_stalled"] == 0.0 and not caplog.records
         for step in (3, 4):
             trainer.global_steps, trainer._step_state = step, _StepState()
-            RePOTrainer._check_replay_alive(trainer, 0)
+            RePOTrainer._check_replay_alive(trainer)
             assert trainer._step_state.metrics["repo/replay_stalled"] == 1.0
     [record] = caplog.records  # warned once, not every step
     assert record.levelno == logging.WARNING
@@ -123,7 +123,7 @@ def test_trainer_is_quiet_when_replay_works(caplog):
     store = ReplayStore(max_cache_size=4, min_cache_to_replay=2)
     trainer = _fake_trainer(store, step=10, total_injected=4)
     with caplog.at_level(logging.WARNING, logger="repo_ext.integration.trainer"):
-        RePOTrainer._check_replay_alive(trainer, 4)
+        RePOTrainer._check_replay_alive(trainer)
     assert trainer._step_state.metrics["repo/replay_stalled"] == 0.0 and not caplog.records
 
 
@@ -131,5 +131,5 @@ def test_trainer_never_warns_without_replay(caplog):
     trainer = _fake_trainer(ReplayStore(max_cache_size=4, min_cache_to_replay=2), step=100)
     trainer.repo_config = RePOConfig(strategy="none")
     with caplog.at_level(logging.WARNING, logger="repo_ext.integration.trainer"):
-        RePOTrainer._check_replay_alive(trainer, 0)
+        RePOTrainer._check_replay_alive(trainer)
     assert not caplog.records
