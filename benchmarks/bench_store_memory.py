@@ -107,7 +107,7 @@ def _measure(store: ReplayStore, step: int, max_nbytes: int, replayed: int, proc
             f"step {step}: inserted {store.num_inserted} != stored {store.num_entries} + evicted {store.num_evictions}"
         )
     start = time.perf_counter()
-    path = save_store_state(store.state_dict(), out_dir / "global_step_latest", step)
+    path = save_store_state(store, out_dir / "global_step_latest", step)
     seconds = time.perf_counter() - start
     return Interval(
         step=step,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ _STATE_KEYS = frozenset(
         "prompt_sizes", "entry_seq", "entry_length", "reward", "step", "response_ids", "behaviour_log_probs",
     }
 )
+_TOKEN_KEYS = frozenset({"response_ids", "behaviour_log_probs"})
 _INT32 = np.iinfo(np.int32)
 
 
@@ -282,11 +283,21 @@ class ReplayStore:
         token ids and log-probs concatenated into one int32 and one float32 array. Loading it into
         a store with the same ``max_cache_size`` restores entries, their order, counters, the
         insertion counter and the ``random_k`` generator exactly. (``torch.load`` needs
-        ``weights_only=False`` for the numpy arrays.)
+        ``weights_only=False`` for the numpy arrays.) The concatenation copies the whole payload;
+        to write a checkpoint without that copy use :meth:`state_header`, :meth:`state_entry_arrays`
+        and :meth:`iter_entry_tokens` (what ``store_checkpoint`` does).
         """
-        prompt_keys = list(self._buffers)
-        slots = [slot for key in prompt_keys for slot in self._buffers[key]]
-        entries = [entry for _, entry in slots]
+        tokens = list(self.iter_entry_tokens())
+        return {
+            **self.state_header(),
+            **self.state_entry_arrays(),
+            "response_ids": _concat([ids for ids, _ in tokens], np.int32),
+            "behaviour_log_probs": _concat([log_probs for _, log_probs in tokens], np.float32),
+        }
+
+    def state_header(self) -> dict[str, Any]:
+        """The part of :meth:`state_dict` that is neither per entry nor per token: ints, strings,
+        None, lists and dicts only (JSON-serialisable; the generator state holds 128-bit ints)."""
         return {
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
@@ -299,15 +310,32 @@ class ReplayStore:
             "num_capacity_evictions": self._num_capacity_evictions,
             "num_byte_evictions": self._num_byte_evictions,
             "rng_state": self._rng.bit_generator.state,
-            "prompt_keys": prompt_keys,
-            "prompt_sizes": np.array([len(self._buffers[key]) for key in prompt_keys], dtype=np.int64),
-            "entry_seq": np.array([seq for seq, _ in slots], dtype=np.int64),
-            "entry_length": np.array([e.response_ids.shape[0] for e in entries], dtype=np.int64),
-            "reward": np.array([e.reward for e in entries], dtype=np.float64),
-            "step": np.array([e.step for e in entries], dtype=np.int64),
-            "response_ids": _concat([e.response_ids for e in entries], np.int32),
-            "behaviour_log_probs": _concat([e.behaviour_log_probs for e in entries], np.float32),
+            "prompt_keys": list(self._buffers),
         }
+
+    def state_entry_arrays(self) -> dict[str, np.ndarray]:
+        """The per-prompt and per-entry arrays of :meth:`state_dict` (40 bytes per entry), in state order.
+
+        ``prompt_sizes`` (P,) int64; ``entry_seq``, ``entry_length``, ``step`` (E,) int64;
+        ``reward`` (E,) float64. State order: prompts as in :meth:`state_header`'s ``prompt_keys``,
+        each prompt's entries oldest first.
+        """
+        buffers = self._buffers.values()
+        slots = [slot for buffer in buffers for slot in buffer]
+        return {
+            "prompt_sizes": np.array([len(buffer) for buffer in buffers], dtype=np.int64),
+            "entry_seq": np.array([seq for seq, _ in slots], dtype=np.int64),
+            "entry_length": np.array([e.response_ids.shape[0] for _, e in slots], dtype=np.int64),
+            "reward": np.array([e.reward for _, e in slots], dtype=np.float64),
+            "step": np.array([e.step for _, e in slots], dtype=np.int64),
+        }
+
+    def iter_entry_tokens(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(response_ids, behaviour_log_probs)`` of every entry in state order: the stored,
+        read-only arrays themselves ((L,) int32 and (L,) float32), not copies."""
+        for buffer in self._buffers.values():
+            for _, entry in buffer:
+                yield entry.response_ids, entry.behaviour_log_probs
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the store's contents with ``state`` (from :meth:`state_dict`).
@@ -317,15 +345,40 @@ class ReplayStore:
         ``min_cache_to_replay`` or ``seed`` is accepted: the gate applies from now on, and
         ``random_k`` continues from the saved generator state.
         """
-        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"not a ReplayStore state (expected format {_STATE_FORMAT!r})")
-        missing = sorted(_STATE_KEYS - set(state))
-        if missing:
-            raise ValueError(f"corrupt ReplayStore state: missing {', '.join(missing)}")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"ReplayStore state version {state.get('version')!r} is unsupported (expected {_STATE_VERSION})"
-            )
+        _check_state_keys(state, _STATE_KEYS)
+        ids = np.asarray(state["response_ids"])
+        log_probs = np.asarray(state["behaviour_log_probs"])
+        lengths = np.asarray(state["entry_length"])
+        if (
+            ids.dtype != np.int32
+            or log_probs.dtype != np.float32
+            or lengths.ndim != 1
+            or ids.shape != (int(lengths.sum()),)
+            or log_probs.shape != ids.shape
+        ):
+            raise ValueError("corrupt ReplayStore state: its token arrays do not match entry_length")
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        tokens = (
+            (ids[begin:end].copy(), log_probs[begin:end].copy()) for begin, end in zip(offsets[:-1], offsets[1:])
+        )
+        self.load_state_stream(state, tokens)
+
+    def load_state_stream(self, state: Mapping[str, Any], tokens: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace the store's contents, taking each entry's token arrays from ``tokens``.
+
+        Args:
+            state: the keys of :meth:`state_header` and :meth:`state_entry_arrays` (extra keys are ignored).
+            tokens: ``(response_ids, behaviour_log_probs)`` per entry in state order, as
+                :meth:`iter_entry_tokens` yields them: fresh (L,) int32 and (L,) float32 numpy
+                arrays that the store takes over without copying (it makes them read-only), L
+                being that entry's ``entry_length``. The store consumes ``tokens`` to its end before
+                it changes anything, so an exception raised by ``tokens`` (e.g. a checksum found
+                wrong after the last entry) leaves the store as it was.
+
+        Raises ValueError like :meth:`load_state_dict`, and when ``tokens`` yields a different
+        number of entries or arrays of another dtype or length.
+        """
+        _check_state_keys(state, _STATE_KEYS - _TOKEN_KEYS)
         if state["max_cache_size"] != self.max_cache_size:
             raise ValueError(
                 f"the checkpointed store has max_cache_size={state['max_cache_size']} but this store has "
@@ -337,21 +390,16 @@ class ReplayStore:
         lengths = np.asarray(state["entry_length"])
         rewards = np.asarray(state["reward"])
         steps = np.asarray(state["step"])
-        ids = np.asarray(state["response_ids"])
-        log_probs = np.asarray(state["behaviour_log_probs"])
         num_entries = int(sizes.sum())
         if (
-            len(prompt_keys) != sizes.shape[0]
+            sizes.ndim != 1
+            or len(prompt_keys) != sizes.shape[0]
             or len(set(prompt_keys)) != len(prompt_keys)
             or not all(isinstance(key, str) for key in prompt_keys)
             or np.any(sizes < 1)
             or np.any(sizes > self.max_cache_size)
             or any(a.shape != (num_entries,) for a in (seqs, lengths, rewards, steps))
             or np.any(lengths < 0)
-            or ids.dtype != np.int32
-            or log_probs.dtype != np.float32
-            or ids.shape != (int(lengths.sum()),)
-            or log_probs.shape != ids.shape
             or np.unique(seqs).shape[0] != num_entries
             or (num_entries and int(seqs.max()) >= int(state["next_seq"]))
         ):
@@ -365,7 +413,7 @@ class ReplayStore:
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng_state"]
 
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        token_iter = iter(tokens)
         buffers: dict[str, deque[tuple[int, ReplayEntry]]] = {}
         row = 0
         for key, size in zip(prompt_keys, sizes.tolist()):
@@ -373,9 +421,23 @@ class ReplayStore:
             for i in range(row, row + size):
                 if buffer and buffer[-1][0] >= seqs[i]:
                     raise ValueError(f"corrupt ReplayStore state: prompt {key!r} entries are not in insertion order")
-                begin, end = offsets[i], offsets[i + 1]
-                buffer.append((int(seqs[i]), _make_entry(ids[begin:end], log_probs[begin:end], rewards[i], steps[i])))
+                pair = next(token_iter, None)
+                if pair is None:
+                    raise ValueError(f"corrupt ReplayStore state: token arrays end at entry {i} of {num_entries}")
+                ids, log_probs = pair
+                if not (
+                    isinstance(ids, np.ndarray) and ids.dtype == np.int32 and ids.shape == (int(lengths[i]),)
+                    and isinstance(log_probs, np.ndarray) and log_probs.dtype == np.float32
+                    and log_probs.shape == ids.shape
+                ):
+                    raise ValueError(
+                        f"corrupt ReplayStore state: entry {i} needs {int(lengths[i])} int32 token ids and float32 "
+                        "log-probs"
+                    )
+                buffer.append((int(seqs[i]), _make_entry(ids, log_probs, rewards[i], steps[i], copy=False)))
             row += size
+        if next(token_iter, None) is not None:
+            raise ValueError(f"corrupt ReplayStore state: more token arrays than its {num_entries} entries")
         prompt_of_entry = np.repeat(np.arange(len(prompt_keys)), sizes)
 
         self._reset()
@@ -417,8 +479,12 @@ class ReplayStore:
         self._num_stale = 0
 
 
-def _make_entry(response_ids: Any, behaviour_log_probs: Any, reward: Any, step: Any) -> ReplayEntry:
-    """Validate one response and copy it into a compact, read-only :class:`ReplayEntry`."""
+def _make_entry(response_ids: Any, behaviour_log_probs: Any, reward: Any, step: Any, copy: bool = True) -> ReplayEntry:
+    """Validate one response and copy it into a compact, read-only :class:`ReplayEntry`.
+
+    With ``copy=False`` int32/float32 arrays are taken over as they are (made read-only), for
+    arrays the store itself just allocated (a checkpoint being loaded).
+    """
     ids = np.asarray(response_ids)
     log_probs = np.asarray(behaviour_log_probs)
     if ids.ndim != 1:
@@ -435,7 +501,8 @@ def _make_entry(response_ids: Any, behaviour_log_probs: Any, reward: Any, step: 
         )
     if log_probs.dtype.kind != "f":
         raise ValueError(f"behaviour_log_probs must be floating point, got dtype {log_probs.dtype}")
-    log_probs = np.array(log_probs, dtype=np.float32)  # a copy, never a view of the caller's array
+    # by default a copy, never a view of the caller's array
+    log_probs = np.array(log_probs, dtype=np.float32) if copy else np.asarray(log_probs, dtype=np.float32)
     if not np.isfinite(log_probs).all():
         bad = int(np.flatnonzero(~np.isfinite(log_probs))[0])
         raise ValueError(f"behaviour_log_probs must be finite, got {log_probs[bad]} at token {bad}")
@@ -447,10 +514,20 @@ def _make_entry(response_ids: Any, behaviour_log_probs: Any, reward: Any, step: 
         raise ValueError(f"reward must be a finite number, got {reward!r}")
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be an integer >= 0 (the training step), got {step!r}")
-    ids = np.array(ids, dtype=np.int32)
+    ids = np.array(ids, dtype=np.int32) if copy else np.asarray(ids, dtype=np.int32)
     ids.flags.writeable = False
     log_probs.flags.writeable = False
     return ReplayEntry(ids, log_probs, reward, int(step))
+
+
+def _check_state_keys(state: Any, required: frozenset[str]) -> None:
+    if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
+        raise ValueError(f"not a ReplayStore state (expected format {_STATE_FORMAT!r})")
+    missing = sorted(required - set(state))
+    if missing:
+        raise ValueError(f"corrupt ReplayStore state: missing {', '.join(missing)}")
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"ReplayStore state version {state.get('version')!r} is unsupported (expected {_STATE_VERSION})")
 
 
 def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -54,6 +54,7 @@ from repo_ext.integration.replay_rows import (
     split_uid,
 )
 from repo_ext.integration.replay_health import replay_stall_reason
+from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows, update_actor_skipping
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
 
 logger = logging.getLogger(__name__)
@@ -558,9 +559,10 @@ class RePOTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self):
-        # written before verl's tracker file, which verl writes last (see store_checkpoint)
+        # into global_step_N/actor/ before verl saves the actor (so verl prunes and copies it with the
+        # actor) and before verl writes its tracker file last (see store_checkpoint)
         step_dir = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        save_store_state(self.replay_store.state_dict(), step_dir, self.global_steps)
+        save_store_state(self.replay_store, step_dir, self.global_steps)
         return super()._save_checkpoint()
 
     def _load_checkpoint(self):
@@ -568,8 +570,7 @@ class RePOTrainer(PPOTrainerSync):
         if self.global_steps <= 0:
             return
         step_dir = self._resumed_step_dir()
-        state = load_store_state(step_dir, expected_step=self.global_steps)
-        self.replay_store.load_state_dict(state)
+        load_store_state(self.replay_store, step_dir, expected_step=self.global_steps)
         dump_dir = os.environ.get(DUMP_DIR_ENV)
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)

@@ -1,12 +1,19 @@
-"""Saving/restoring the store next to verl's checkpoint: exact round trip, damage detected."""
+"""Saving/restoring the store with verl's checkpoint: exact round trip, extra values, damage detected,
+the file format written out by hand, and the version-1 (pickle) files of earlier releases."""
 
 from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import struct
 
 import numpy as np
 import pytest
 
 from repo_ext.algorithm.store import ReplayStore
-from repo_ext.integration.store_checkpoint import STORE_FILENAME, load_store_state, save_store_state
+from repo_ext.integration.store_checkpoint import STORE_FILENAME, load_store_state, save_store_state, store_path
 
 
 def _filled_store() -> ReplayStore:
@@ -19,46 +26,156 @@ def _filled_store() -> ReplayStore:
     return store
 
 
-def _entries(store: ReplayStore, keys):
+def _empty_store() -> ReplayStore:
+    return ReplayStore(max_cache_size=3, min_cache_to_replay=2, max_store_bytes=10_000, seed=7)
+
+
+KEYS = [f"p{p}" for p in range(4)]
+
+
+def _entries(store: ReplayStore, keys=KEYS):
     return {k: [(e.response_ids.tobytes(), e.behaviour_log_probs.tobytes(), e.reward, e.step) for e in store.entries(k)] for k in keys}
-
-
-def test_round_trip_is_exact(tmp_path):
-    store = _filled_store()
-    save_store_state(store.state_dict(), tmp_path / "global_step_5", 5)
-    restored = ReplayStore(max_cache_size=3, min_cache_to_replay=2, max_store_bytes=10_000, seed=7)
-    restored.load_state_dict(load_store_state(tmp_path / "global_step_5", expected_step=5))
-    keys = [f"p{p}" for p in range(4)]
-    assert _entries(restored, keys) == _entries(store, keys)
-    assert restored.stats() == store.stats()
-    # random_k continues identically after the restore
-    assert _entries_random(restored) == _entries_random(store)
 
 
 def _entries_random(store):
     return [[e.step for e in store.retrieve("p1", "random_k", 2)] for _ in range(5)]
 
 
-def test_damaged_file_is_an_error(tmp_path):
+def test_round_trip_is_exact(tmp_path):
     store = _filled_store()
-    path = save_store_state(store.state_dict(), tmp_path, 3)
+    path = save_store_state(store, tmp_path / "global_step_5", 5)
+    assert path == tmp_path / "global_step_5" / "actor" / STORE_FILENAME  # inside verl's actor checkpoint
+    restored = _empty_store()
+    assert load_store_state(restored, tmp_path / "global_step_5", expected_step=5) == {}
+    assert _entries(restored) == _entries(store)
+    assert restored.stats() == store.stats()
+    # random_k continues identically after the restore
+    assert _entries_random(restored) == _entries_random(store)
+    assert not list(path.parent.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_extra_round_trip(tmp_path):
+    extra = {"total_injected": 123, "bad_rows": {"nonfinite_reward": 4, "duplicate_prompt_groups": 0}}
+    save_store_state(_filled_store(), tmp_path, 2, extra=extra)
+    assert load_store_state(_empty_store(), tmp_path, expected_step=2) == extra
+
+
+@pytest.mark.parametrize("extra", [{"x": object()}, {"x": float("nan")}, {"x": np.int64(3)}])
+def test_extra_must_be_json(tmp_path, extra):
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        save_store_state(_filled_store(), tmp_path, 2, extra=extra)
+    assert not store_path(tmp_path).exists()
+
+
+def test_file_layout_matches_the_documented_format(tmp_path):
+    """Parse the file by hand from the format in store_checkpoint's docstring."""
+    store = _filled_store()
+    raw = save_store_state(store, tmp_path, 5, extra={"a": 1}).read_bytes()
+    assert raw[:8] == b"REPOST02"
+    (header_len,) = struct.unpack("<Q", raw[8:16])
+    header_bytes = raw[16 : 16 + header_len]
+    header = json.loads(header_bytes)
+    assert header["global_step"] == 5 and header["extra"] == {"a": 1}
+    assert raw[16 + header_len : 48 + header_len] == hashlib.sha256(header_bytes).digest()
+    assert raw[-32:] == hashlib.sha256(raw[:-32]).digest()
+    body = io.BytesIO(raw[48 + header_len : -32])
+    prompts = [k for k in header["store"]["prompt_keys"]]
+    assert prompts == KEYS
+    n = sum(store.buffer_size(k) for k in KEYS)
+    sizes = np.frombuffer(body.read(8 * len(prompts)), "<i8")
+    assert sizes.tolist() == [store.buffer_size(k) for k in KEYS]
+    body.read(8 * n)  # entry_seq
+    lengths = np.frombuffer(body.read(8 * n), "<i8")
+    steps = np.frombuffer(body.read(8 * n), "<i8")
+    rewards = np.frombuffer(body.read(8 * n), "<f8")
+    expected = [e for k in KEYS for e in store.entries(k)]
+    assert lengths.tolist() == [e.response_ids.shape[0] for e in expected]
+    assert steps.tolist() == [e.step for e in expected]
+    assert rewards.tolist() == [e.reward for e in expected]
+    for e, length in zip(expected, lengths.tolist()):
+        assert body.read(4 * length) == e.response_ids.astype("<i4").tobytes()
+        assert body.read(4 * length) == e.behaviour_log_probs.astype("<f4").tobytes()
+    assert body.read() == b""
+
+
+def test_loaded_entries_own_their_arrays(tmp_path):
+    """Loading reads each entry into its own array: no view of a shared buffer keeps evicted entries alive."""
+    save_store_state(_filled_store(), tmp_path, 1)
+    restored = _empty_store()
+    load_store_state(restored, tmp_path)
+    for key in KEYS:
+        for e in restored.entries(key):
+            assert e.response_ids.base is None and e.behaviour_log_probs.base is None
+            assert not e.response_ids.flags.writeable and not e.behaviour_log_probs.flags.writeable
+
+
+@pytest.mark.parametrize("where", ["header", "entry_arrays", "tokens", "final_digest"])
+def test_damaged_file_is_an_error_and_leaves_the_store_unchanged(tmp_path, where):
+    store = _filled_store()
+    path = save_store_state(store, tmp_path, 3)
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    (header_len,) = struct.unpack("<Q", raw[8:16])
+    arrays_at = 48 + header_len
+    tokens_at = arrays_at + 8 * store.num_prompts + 40 * store.num_entries
+    offset = {
+        "header": 20,
+        "entry_arrays": arrays_at + 8 * store.num_prompts + 8 * 3,  # inside entry_seq
+        "tokens": (tokens_at + len(raw) - 32) // 2,
+        "final_digest": len(raw) - 5,
+    }[where]
+    raw[offset] ^= 0x01
     path.write_bytes(bytes(raw))
+    target = ReplayStore(max_cache_size=3, min_cache_to_replay=2, max_store_bytes=10_000, seed=7)
+    target.insert("old", np.array([1, 2]), np.array([-0.5, -0.5], np.float32), 1.0, 0)
+    before = _entries(target, ["old"])
     with pytest.raises(ValueError, match="damaged"):
-        load_store_state(tmp_path)
+        load_store_state(target, tmp_path)
+    assert _entries(target, ["old"]) == before and target.num_entries == 1
 
 
-def test_truncated_file_is_an_error(tmp_path):
-    path = save_store_state(_filled_store().state_dict(), tmp_path, 3)
-    path.write_bytes(path.read_bytes()[:100])
+@pytest.mark.parametrize("keep", [100, 20, 17, 0])
+def test_truncated_file_is_an_error(tmp_path, keep):
+    path = save_store_state(_filled_store(), tmp_path, 3)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: keep if keep else len(raw) - 1])
     with pytest.raises(ValueError, match="damaged"):
-        load_store_state(tmp_path)
+        load_store_state(_empty_store(), tmp_path)
 
 
 def test_missing_and_wrong_step(tmp_path):
     with pytest.raises(FileNotFoundError, match=STORE_FILENAME):
-        load_store_state(tmp_path)
-    save_store_state(_filled_store().state_dict(), tmp_path, 3)
+        load_store_state(_empty_store(), tmp_path)
+    save_store_state(_filled_store(), tmp_path, 3)
     with pytest.raises(ValueError, match="step 3"):
-        load_store_state(tmp_path, expected_step=4)
+        load_store_state(_empty_store(), tmp_path, expected_step=4)
+
+
+def test_a_store_that_does_not_fit_is_a_clear_error_not_damage(tmp_path):
+    save_store_state(_filled_store(), tmp_path, 3)
+    with pytest.raises(ValueError, match="max_cache_size=3 but this store has max_cache_size=5") as info:
+        load_store_state(ReplayStore(max_cache_size=5, min_cache_to_replay=2), tmp_path)
+    assert "damaged" not in str(info.value)
+
+
+def test_empty_store_round_trip(tmp_path):
+    save_store_state(_empty_store(), tmp_path, 1)
+    restored = _filled_store()
+    load_store_state(restored, tmp_path, expected_step=1)
+    assert restored.num_entries == 0 and restored.num_prompts == 0 and restored.nbytes == 0
+
+
+def test_version_1_files_of_earlier_releases_are_still_read(tmp_path):
+    """The earlier format, written out here as that release did: global_step_N/repo_store.pt, one pickle."""
+    store = _filled_store()
+    payload = pickle.dumps(store.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+    blob = {"format_version": 1, "global_step": 4, "sha256": hashlib.sha256(payload).hexdigest(), "state": payload}
+    (tmp_path / STORE_FILENAME).write_bytes(pickle.dumps(blob))
+    restored = _empty_store()
+    assert load_store_state(restored, tmp_path, expected_step=4) == {}
+    assert _entries(restored) == _entries(store) and restored.stats() == store.stats()
+    with pytest.raises(ValueError, match="belongs to step 4"):
+        load_store_state(_empty_store(), tmp_path, expected_step=5)
+    blob["sha256"] = "0" * 64
+    (tmp_path / STORE_FILENAME).write_bytes(pickle.dumps(blob))
+    with pytest.raises(ValueError, match="damaged"):
+        load_store_state(_empty_store(), tmp_path)

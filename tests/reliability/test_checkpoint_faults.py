@@ -1,7 +1,7 @@
 """Resume after a crash, through verl's own ``_load_checkpoint`` and the RePO trainer's override.
 
 The checkpoint folders are what a killed run leaves behind: verl writes ``global_step_N/`` (the
-RePO store first, then the actor, then data.pt) and only then its tracker file
+RePO store into ``actor/`` first, then the actor, then data.pt) and only then its tracker file
 ``latest_checkpointed_iteration.txt``. Only the actor worker group and the dataloader are stand-ins
 (recording what verl asks them to load); finding the checkpoint, the step counter and the store
 restore are the real code. The end-to-end version with real processes killed by SIGKILL is
@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from repo_ext.algorithm.store import ReplayStore
-from repo_ext.integration.store_checkpoint import STORE_FILENAME, save_store_state
+from repo_ext.integration.store_checkpoint import STORE_FILENAME, save_store_state, store_path
 from repo_ext.integration.trainer import RePOTrainer
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -38,8 +38,7 @@ def _store_after(steps: int) -> ReplayStore:
 
 def _complete_checkpoint(root: Path, step: int) -> None:
     folder = root / f"global_step_{step}"
-    save_store_state(_store_after(step).state_dict(), folder, step)
-    (folder / "actor").mkdir()
+    save_store_state(_store_after(step), folder, step)
     (folder / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"weights")
     torch.save({"epoch": step}, folder / "data.pt")
     (root / TRACKER).write_text(str(step))
@@ -97,13 +96,13 @@ def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, dama
     folder = tmp_path / "global_step_3"
     folder.mkdir()
     if damage == "partial_store":
-        path = save_store_state(_store_after(3).state_dict(), folder, 3)
+        path = save_store_state(_store_after(3), folder, 3)
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "temp_file_only":  # killed inside save_store_state, before its rename
-        (folder / f".{STORE_FILENAME}.tmp-4242").write_bytes(b"\x80\x05partial")
-    elif damage == "partial_actor_only":  # store written, killed while the actor was being saved
-        save_store_state(_store_after(3).state_dict(), folder, 3)
         (folder / "actor").mkdir()
+        (folder / "actor" / f".{STORE_FILENAME}.tmp-4242").write_bytes(b"REPOST02partial")
+    elif damage == "partial_actor_only":  # store written, killed while the actor was being saved
+        save_store_state(_store_after(3), folder, 3)
     trainer = _resume(tmp_path)
     assert trainer.global_steps == 2
     assert trainer.actor_rollout_wg.loaded == [str(tmp_path / "global_step_2" / "actor")]
@@ -122,7 +121,7 @@ def test_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, dama
 def test_tracker_pointing_at_a_damaged_store_is_a_clear_error(tmp_path, damage, error, match):
     _complete_checkpoint(tmp_path, 2)
     _complete_checkpoint(tmp_path, 3)
-    path = tmp_path / "global_step_3" / STORE_FILENAME
+    path = store_path(tmp_path / "global_step_3")
     raw = bytearray(path.read_bytes())
     if damage == "bit_flip":
         raw[len(raw) // 2] ^= 0x01
@@ -132,7 +131,7 @@ def test_tracker_pointing_at_a_damaged_store_is_a_clear_error(tmp_path, damage, 
     elif damage == "missing":
         path.unlink()
     elif damage == "other_step":
-        path.write_bytes((tmp_path / "global_step_2" / STORE_FILENAME).read_bytes())
+        path.write_bytes(store_path(tmp_path / "global_step_2").read_bytes())
     with pytest.raises(error, match=match) as info:
         _resume(tmp_path)
     assert "global_step_3" in str(info.value)  # names the file

@@ -4,7 +4,7 @@ Two verl runs, 4 prompts per step, 2 samples each, checkpoint every 2 steps:
 
 - run A starts fresh and is killed with SIGKILL (its whole process group: driver, Ray and every
   worker) in the middle of step 3, after checkpoint 2 was written and before step 3's update;
-- a half-written checkpoint 3 is then left on disk (truncated repo_store.pt, partial actor/,
+- a half-written checkpoint 3 is then left on disk (truncated actor/repo_store.pt, partial actor/,
   tracker file still at 2), as a kill during step 3's save would leave it;
 - run B resumes and trains steps 3 and 4.
 
@@ -37,7 +37,7 @@ import torch
 
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.cpu.tiny_run import DATA_SOURCE, run_main_ppo, tiny_grpo_overrides
-from repo_ext.integration.store_checkpoint import STORE_FILENAME, load_store_state
+from repo_ext.integration.store_checkpoint import STORE_FILENAME, load_store_state, store_path
 
 from fault_reward import NAN_GROUND_TRUTH  # tests/reliability is on sys.path (pytest rootdir-relative import)
 
@@ -172,9 +172,11 @@ def fault_runs(tmp_path_factory):
     # what a kill during step 3's save leaves: store half written, actor partial, tracker still at 2
     half = ckpt / "global_step_3"
     (half / "actor").mkdir(parents=True)
-    store_bytes = (ckpt / "global_step_2" / STORE_FILENAME).read_bytes()
-    (half / STORE_FILENAME).write_bytes(store_bytes[: len(store_bytes) // 2])
-    some_actor_file = next(p for p in (ckpt / "global_step_2" / "actor").rglob("*") if p.is_file())
+    store_bytes = store_path(ckpt / "global_step_2").read_bytes()
+    store_path(half).write_bytes(store_bytes[: len(store_bytes) // 2])
+    some_actor_file = next(
+        p for p in (ckpt / "global_step_2" / "actor").rglob("*") if p.is_file() and p.name != STORE_FILENAME
+    )
     shutil.copyfile(some_actor_file, half / "actor" / some_actor_file.name)
 
     b = _run(tmp, "b", overrides)
@@ -211,9 +213,19 @@ def _assert_same(store: ReplayStore, expected: ReplayStore, keys) -> None:
     assert _content(store, keys) == _content(expected, keys)
 
 
+def _store() -> ReplayStore:
+    return ReplayStore(max_cache_size=4, min_cache_to_replay=2, max_store_bytes=4294967296, seed=42)
+
+
 def _loaded(state) -> ReplayStore:
-    store = ReplayStore(max_cache_size=4, min_cache_to_replay=2, max_store_bytes=4294967296, seed=42)
+    store = _store()
     store.load_state_dict(state)
+    return store
+
+
+def _loaded_checkpoint(step_dir, step: int) -> ReplayStore:
+    store = _store()
+    load_store_state(store, step_dir, expected_step=step)
     return store
 
 
@@ -225,7 +237,7 @@ def test_killed_mid_step_after_checkpoint_2(fault_runs):
     a = fault_runs["a"]
     assert sorted(a["metrics"]) == [1, 2]  # step 3 never finished
     assert fault_runs["after_kill"] == {"tracker": "2", "folders": ["global_step_2"]}
-    saved = _loaded(load_store_state(fault_runs["ckpt"] / "global_step_2", expected_step=2))
+    saved = _loaded_checkpoint(fault_runs["ckpt"] / "global_step_2", 2)
     _assert_same(saved, _rebuild([(a["dump"], 1), (a["dump"], 2)]), _keys(fault_runs))
 
 
@@ -242,7 +254,7 @@ def test_resume_skips_the_half_written_checkpoint_and_restores_store_and_step(fa
 def test_final_store_has_every_trained_row_once(fault_runs):
     a, b = fault_runs["a"], fault_runs["b"]
     assert (fault_runs["ckpt"] / TRACKER).read_text().strip() == "4"
-    final = _loaded(load_store_state(fault_runs["ckpt"] / "global_step_4", expected_step=4))
+    final = _loaded_checkpoint(fault_runs["ckpt"] / "global_step_4", 4)
     expected = _rebuild([(a["dump"], 1), (a["dump"], 2), (b["dump"], 3), (b["dump"], 4)])
     _assert_same(final, expected, _keys(fault_runs))  # so none of run A's killed step-3 rows is in it
 
