@@ -54,7 +54,6 @@ from repo_ext.integration.replay_rows import (
     split_uid,
 )
 from repo_ext.integration.replay_health import replay_stall_reason
-from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows, update_actor_skipping
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
 
 logger = logging.getLogger(__name__)
