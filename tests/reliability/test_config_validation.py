@@ -17,7 +17,7 @@ VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "confi
 
 # a small, valid RePO launch on verl's stock config (the tiny CPU runs' batch settings)
 VALID = [
-    "+algorithm=repo",
+    "algorithm=repo",
     "data.train_batch_size=4",
     "data.max_response_length=16",
     "actor_rollout_ref.rollout.n=2",
@@ -120,7 +120,7 @@ def test_store_cap_is_ignored_without_replay():
             ["algorithm.adv_estimator=repo_split", "trainer.v1.trainer_mode=sync", "trainer.v1.trainer_mode=repo_sync"],
         ),
         (
-            ["+algorithm=repo", "trainer.v1.trainer_mode=sync"],
+            ["algorithm=repo", "trainer.v1.trainer_mode=sync"],
             [
                 "algorithm.adv_estimator=repo_split and actor_rollout_ref.actor.policy_loss.loss_mode=repo",
                 "algorithm.repo.strategy=recent_k would never replay",
@@ -146,7 +146,7 @@ def test_repo_parts_without_the_repo_trainer_fail_at_launch(overrides, fragments
     [
         ([], "ppo_trainer"),  # stock GRPO/PPO, no RePO at all
         (["algorithm=grpo"], "repo_trainer"),  # the GRPO baseline of the RePO config
-        (["+algorithm=repo", "trainer.v1.trainer_mode=sync", "algorithm.repo.strategy=none"], "ppo_trainer"),
+        (["algorithm=repo", "trainer.v1.trainer_mode=sync", "algorithm.repo.strategy=none"], "ppo_trainer"),
         (VALID, "ppo_trainer"),
     ],
 )
@@ -161,7 +161,7 @@ def test_launch_check_runs_under_hydra_before_ray_starts(tmp_path):
     from repo_ext.cpu.tiny_run import run_main_ppo
 
     overrides = [
-        "+algorithm=repo", "trainer.v1.trainer_mode=sync",
+        "algorithm=repo", "trainer.v1.trainer_mode=sync",
         "++hydra.callbacks.repo_launch_check._target_=repo_ext.integration.config_checks.RePOLaunchCheck",
         f"hydra.run.dir={tmp_path}",
     ]

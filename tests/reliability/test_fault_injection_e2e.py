@@ -78,7 +78,7 @@ def _overrides(model, train, out):
                              response_length=MAX_RESPONSE)
     ov = [o for o in ov if not o.startswith(("algorithm.adv_estimator", "reward.custom_reward_function.path"))]
     return ov + [
-        "+algorithm=repo",
+        "algorithm=repo",
         "algorithm.repo.num_replays=2",
         "algorithm.repo.min_cache_to_replay=2",
         "algorithm.repo.max_cache_size=4",
