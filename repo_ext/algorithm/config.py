@@ -42,6 +42,9 @@ class RePOConfig:
         loss_weighting: ``reference`` or ``paper``.
         off_policy_loss_coef: weight of the off-policy loss term.
         seed: seed of ``random_k``.
+        skip_zero_advantage_rows: ``"auto"``, True or False: leave rows whose advantage is 0 on
+            every token out of the actor update (``auto``: wherever the update stays exact; see
+            ``repo_ext.integration.zero_adv_skip``).
     """
 
     strategy: str = "recent_k"
@@ -55,6 +58,7 @@ class RePOConfig:
     loss_weighting: str = "reference"
     off_policy_loss_coef: float = 1.0
     seed: int = 42
+    skip_zero_advantage_rows: str | bool = "auto"
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> RePOConfig:
@@ -124,6 +128,12 @@ class RePOConfig:
             "a finite number >= 0",
         )
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0 (numpy seeds are >= 0)")
+        skip = self.skip_zero_advantage_rows
+        if isinstance(skip, str) and skip.strip().lower() in ("auto", "true", "false"):
+            # Hydra reads true/false as bools; the same words as strings (e.g. from a dict) mean the same
+            skip = {"auto": "auto", "true": True, "false": False}[skip.strip().lower()]
+        _check(isinstance(skip, bool) or skip == "auto", "skip_zero_advantage_rows", skip, "one of auto, true, false")
+        self.skip_zero_advantage_rows = skip
         return self
 
     def build_store(self) -> ReplayStore:

@@ -31,6 +31,7 @@ from repo_ext.algorithm.advantages import group_advantages
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.loss import repo_policy_loss
 from repo_ext.integration.replay_rows import NORM_OFF_FIELD, NORM_ON_FIELD, OFF_POLICY_FIELD, split_uid
+from repo_ext.integration.zero_adv_skip import apply_carried_normalisers
 
 ADV_ESTIMATOR_NAME = "repo_split"
 POLICY_LOSS_NAME = "repo"
@@ -230,6 +231,7 @@ class RePOLossFunction:
             weighting=self.repo_config.loss_weighting,
             off_policy_loss_coef=self.repo_config.off_policy_loss_coef,
         )
+        apply_carried_normalisers(data)  # zero-advantage rows skipped: the normalisers as if they were there
         token = _CURRENT_ROWS.set(flags)
         try:
             return ppo_loss(self.actor_config, model_output, data, dp_group)

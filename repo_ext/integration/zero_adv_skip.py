@@ -1,0 +1,478 @@
+"""Zero-advantage rows leave the actor update; the update stays the same update.
+
+``algorithm.repo.skip_zero_advantage_rows`` (auto | true | false). A row whose advantage is 0 on
+every valid token contributes exactly nothing to the clipped-surrogate gradient (``-0 * ratio`` and
+its clipped and dual-clipped forms are all 0, and the ratio is finite because the log-ratio is
+clamped). It still costs a forward and a backward pass. This module takes such rows out of the
+actor update without changing it:
+
+1. **Mini-batch membership as verl assigns it.** verl's ``update_actor`` hands rank ``r`` the
+   ``r``-th contiguous chunk of the batch (``KVBatchMeta.chunk``) and each rank iterates its chunk in
+   mini-batches with ``tensordict_utils.make_iterator`` (shuffled when ``actor.shuffle``, seed
+   ``actor.data_loader_seed + r``). :func:`mini_batch_members` runs that very iterator on row
+   indices, so optimizer step ``k`` gets the rows it would get without skipping.
+2. **Normalisers as if nothing were skipped.** Per mini-batch, the valid tokens (token-mean's
+   ``batch_num_tokens``, all ranks) and the row count verl passes as ``global_batch_size``
+   (seq-mean-*) are written on every row (:data:`MB_TOKENS_FIELD`, :data:`MB_ROWS_FIELD`); the
+   ``paper`` weighting's per-side counts are per-row fields already. The actor's loss function
+   (``estimators.RePOLossFunction``) puts the carried values in place of the ones the engine
+   computes from the smaller batch (:func:`apply_carried_normalisers`).
+3. **The smaller batch.** Each mini-batch keeps its rows that have a non-zero advantage, is padded
+   with 2-token rows whose response mask is zero (they contribute exactly 0) to a common size that
+   is a multiple of dp x micro-batch size, and the rows are laid out so that verl's contiguous
+   chunking, without shuffling, gives every rank its share of mini-batch ``k`` as its ``k``-th
+   mini-batch. A mini-batch whose rows are all skipped keeps its padding rows: the optimizer still
+   steps (AdamW's momentum and weight decay move parameters even when the gradient is 0; with no
+   forward pass at all the gradients would be None and AdamW would skip those parameters).
+   Gradient clipping sees the same norm because the gradient is the same.
+
+Exact only when the loss has no term on zero-advantage rows: no KL loss, entropy coefficient 0, no
+critic, the ``repo`` (or ``vanilla``) clipped surrogate, and the same mini-batches in every epoch
+(``ppo_epochs == 1`` or no shuffling). ``auto`` skips exactly then; ``true`` with a conflicting
+setting is a start-up error (:func:`resolve_skip_zero_advantage_rows`).
+
+The only difference left is float summation order: rows are grouped into different micro-batches,
+so per-micro-batch sums and gradient accumulation add the same terms in another order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SETTING = "algorithm.repo.skip_zero_advantage_rows"
+#: valid tokens of the row's optimizer mini-batch (all ranks) had no row been skipped
+MB_TOKENS_FIELD = "repo_mb_num_tokens"
+#: rows verl passes as ``global_batch_size`` for the row's mini-batch had no row been skipped
+MB_ROWS_FIELD = "repo_mb_global_rows"
+#: policy losses whose per-token loss is exactly 0 where the advantage is 0
+EXACT_LOSS_MODES = ("repo", "vanilla")
+#: prompt + response tokens of a padding row (one each: verl's log-prob slicing needs a prompt token)
+PADDING_SEQ_LEN = 2
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+def skip_conflicts(config: Any) -> list[str]:
+    """Settings of ``config`` (verl's full config) under which skipping would change the update.
+
+    Each entry names the setting, its value and why, e.g.
+    ``"actor_rollout_ref.actor.use_kl_loss=True (the KL loss has a gradient on every row)"``.
+    """
+    actor = config.actor_rollout_ref.actor
+    found = []
+    if bool(actor.get("use_kl_loss", False)):
+        found.append("actor_rollout_ref.actor.use_kl_loss=True (the KL loss has a gradient on every row)")
+    entropy_coeff = float(actor.get("entropy_coeff", 0.0) or 0.0)
+    if entropy_coeff != 0.0:
+        found.append(
+            f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff:g} (the entropy bonus has a gradient on every row)"
+        )
+    critic = config.get("critic", None)
+    critic_enable = None if critic is None else critic.get("enable", None)
+    if critic_enable or (critic_enable is None and str(config.algorithm.get("adv_estimator", "")) == "gae"):
+        found.append("critic.enable=True (the critic's value loss trains on every row)")
+    loss_mode = str(actor.get("policy_loss", {}).get("loss_mode", "vanilla"))
+    if loss_mode not in EXACT_LOSS_MODES:
+        found.append(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} (only {', '.join(EXACT_LOSS_MODES)} are known "
+            "to give a zero loss on zero-advantage rows)"
+        )
+    epochs = int(actor.get("ppo_epochs", 1) or 1)
+    if epochs > 1 and bool(actor.get("shuffle", False)):
+        found.append(
+            f"actor_rollout_ref.actor.shuffle=True with actor_rollout_ref.actor.ppo_epochs={epochs} "
+            "(mini-batches are drawn anew each epoch)"
+        )
+    return found
+
+
+def resolve_skip_zero_advantage_rows(config: Any, setting: str | bool) -> bool:
+    """Whether the actor update skips zero-advantage rows.
+
+    ``setting`` is the validated ``RePOConfig.skip_zero_advantage_rows`` ("auto", True or False).
+    ``auto``: yes exactly when :func:`skip_conflicts` finds nothing; False: no; True: yes, and a
+    ValueError naming every conflicting setting when skipping would change the update.
+    """
+    value = setting
+    if value is False:
+        return False
+    conflicts = skip_conflicts(config)
+    if value == "auto":
+        if conflicts:
+            logger.info("%s=auto: not skipping zero-advantage rows because of %s", SETTING, "; ".join(conflicts))
+        return not conflicts
+    if conflicts:
+        raise ValueError(
+            f"{SETTING}=true would change the actor update: {'; '.join(conflicts)}. Set {SETTING}=auto "
+            "(skips only where the update stays exact) or false, or change the conflicting setting."
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def mini_batch_members(
+    num_rows: int, *, dp_size: int, rows_per_mini_batch: int, shuffle: bool, seed: int
+) -> list[list[int]]:
+    """Row indices (into the batch as sent to ``update_actor``) of each optimizer mini-batch, all ranks.
+
+    Reproduces verl's assignment by running verl's own pieces on row indices: rank ``r`` holds the
+    ``r``-th contiguous chunk (``KVBatchMeta.chunk``), iterated by ``tensordict_utils.make_iterator``
+    with ``rows_per_mini_batch / dp_size`` rows per mini-batch and seed ``seed + r``
+    (``TrainingWorker.train_mini_batch``). Returns the first epoch's mini-batches in step order.
+    """
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    if dp_size < 1 or rows_per_mini_batch < 1 or rows_per_mini_batch % dp_size:
+        raise ValueError(f"rows_per_mini_batch={rows_per_mini_batch} must be a positive multiple of dp_size={dp_size}")
+    if num_rows % rows_per_mini_batch:
+        raise ValueError(f"num_rows={num_rows} must be a multiple of rows_per_mini_batch={rows_per_mini_batch}")
+    per_rank = num_rows // dp_size
+    members: list[list[int]] = [[] for _ in range(num_rows // rows_per_mini_batch)]
+    for rank in range(dp_size):
+        rows = TensorDict({"row": torch.arange(rank * per_rank, (rank + 1) * per_rank)}, batch_size=[per_rank])
+        iterator = tu.make_iterator(
+            rows,
+            mini_batch_size=rows_per_mini_batch // dp_size,
+            epochs=1,
+            seed=seed + rank,
+            dataloader_kwargs={"shuffle": bool(shuffle)},
+        )
+        for k, mini_batch in enumerate(iterator):
+            members[k].extend(int(i) for i in mini_batch["row"].tolist())
+    return members
+
+
+@dataclass
+class SkipPlan:
+    """The smaller update batch.
+
+    Attributes:
+        layout: the new batch in order: an original row index, or ``-1 - k`` for a padding row of
+            mini-batch ``k``. Rank ``r``'s contiguous chunk holds, for k = 0, 1, ..., its share of
+            mini-batch ``k``.
+        rows_per_mini_batch: rows of every new mini-batch (all ranks), padding included.
+        mini_batch_of: mini-batch index of every original row.
+        mini_batch_tokens: per mini-batch, valid tokens of all its original rows.
+        mini_batch_rows: per mini-batch, its original row count (verl's ``global_batch_size``).
+        skipped_rows, skipped_tokens: rows with valid tokens left out, and their valid tokens.
+        dropped_padding_rows: rows without a valid token left out (verl's own padding rows).
+        updated_rows, updated_tokens: rows kept and their valid tokens.
+        padding_rows: padding rows added.
+    """
+
+    layout: list[int]
+    rows_per_mini_batch: int
+    mini_batch_of: list[int]
+    mini_batch_tokens: list[int]
+    mini_batch_rows: list[int]
+    skipped_rows: int
+    skipped_tokens: int
+    dropped_padding_rows: int
+    updated_rows: int
+    updated_tokens: int
+    padding_rows: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "repo/skip_zero_adv_rows": float(self.skipped_rows),
+            "repo/skip_zero_adv_tokens": float(self.skipped_tokens),
+            "repo/update_rows": float(self.updated_rows),
+            "repo/update_tokens": float(self.updated_tokens),
+            "repo/skip_padding_rows": float(self.padding_rows),
+        }
+
+
+def plan_zero_advantage_skip(
+    nonzero: Sequence[bool],
+    valid_tokens: Sequence[int],
+    members: list[list[int]],
+    *,
+    dp_size: int,
+    row_multiple: int,
+    seq_lens: Sequence[int] | None = None,
+) -> SkipPlan:
+    """Plan the update without the rows whose advantage is zero.
+
+    Args:
+        nonzero: per original row, whether its advantage is non-zero on some valid token.
+        valid_tokens: per original row, its valid (loss-mask) tokens.
+        members: original row indices of each mini-batch (:func:`mini_batch_members`).
+        dp_size: data-parallel ranks.
+        row_multiple: every new mini-batch's rows are a multiple of this (dp x micro-batch size,
+            ``batch_layout.row_multiple``); a multiple of ``dp_size``.
+        seq_lens: per original row, prompt + response tokens; used to balance each mini-batch's
+            rows over the ranks by workload as verl's ``_balance_batch`` does (None: no balancing).
+
+    Returns:
+        a :class:`SkipPlan`. Every mini-batch gets the same number of rows, at least
+        ``row_multiple`` (an all-skipped mini-batch is all padding, so the optimizer still steps).
+    """
+    if row_multiple < 1 or row_multiple % dp_size:
+        raise ValueError(f"row_multiple={row_multiple} must be a positive multiple of dp_size={dp_size}")
+    num_rows = len(nonzero)
+    if len(valid_tokens) != num_rows or sorted(i for m in members for i in m) != list(range(num_rows)):
+        raise ValueError("members must partition the rows, and nonzero/valid_tokens need one entry per row")
+    mini_batch_of = [0] * num_rows
+    for k, rows in enumerate(members):
+        for i in rows:
+            mini_batch_of[i] = k
+    kept = [[i for i in rows if nonzero[i] and valid_tokens[i] > 0] for rows in members]
+    size = max(row_multiple, math.ceil(max(len(rows) for rows in kept) / row_multiple) * row_multiple)
+    share = size // dp_size
+    per_rank: list[list[int]] = [[] for _ in range(dp_size)]
+    for k, rows in enumerate(kept):
+        entries = rows + [-1 - k] * (size - len(rows))
+        for rank, part in enumerate(_split_over_ranks(entries, dp_size, share, seq_lens)):
+            per_rank[rank].extend(part)
+    dropped = [i for i in range(num_rows) if not (nonzero[i] and valid_tokens[i] > 0)]
+    skipped = [i for i in dropped if valid_tokens[i] > 0]
+    updated = [i for rows in kept for i in rows]
+    return SkipPlan(
+        layout=[entry for part in per_rank for entry in part],
+        rows_per_mini_batch=size,
+        mini_batch_of=mini_batch_of,
+        mini_batch_tokens=[int(sum(valid_tokens[i] for i in rows)) for rows in members],
+        mini_batch_rows=[len(rows) for rows in members],
+        skipped_rows=len(skipped),
+        skipped_tokens=int(sum(valid_tokens[i] for i in skipped)),
+        dropped_padding_rows=len(dropped) - len(skipped),
+        updated_rows=len(updated),
+        updated_tokens=int(sum(valid_tokens[i] for i in updated)),
+        padding_rows=len(kept) * size - len(updated),
+    )
+
+
+def _split_over_ranks(
+    entries: list[int], dp_size: int, share: int, seq_lens: Sequence[int] | None
+) -> list[list[int]]:
+    """``entries`` (rows or padding) split into dp_size parts of ``share`` each, workload-balanced."""
+    if dp_size == 1 or seq_lens is None:
+        return [entries[r * share : (r + 1) * share] for r in range(dp_size)]
+    from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
+
+    lens = torch.tensor([seq_lens[e] if e >= 0 else PADDING_SEQ_LEN for e in entries], dtype=torch.int64)
+    parts = get_seqlen_balanced_partitions(calculate_workload(lens), k_partitions=dp_size, equal_size=True)
+    return [[entries[j] for j in sorted(part)] for part in parts]
+
+
+# ---------------------------------------------------------------------------------------- rows
+
+
+def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
+    """A 2-token row (one prompt, one response token) with a zero response mask, from a real row.
+
+    Every field of ``template`` is kept (TransferQueue returns only fields every row has):
+    sequence fields are rebuilt, response-length fields become one zero, everything else (flags,
+    per-row normalisers of the template's mini-batch) is copied. A sequence-length field this
+    function does not know is an error, not a silent mis-shaped row.
+    """
+    from verl.trainer.ppo.padding_utils import build_padding_position_ids, build_padding_routed_experts
+
+    response_len = int(template["responses"].shape[0])
+    seq_len = int(template["input_ids"].shape[0])
+    ids = torch.full((PADDING_SEQ_LEN,), int(eos_token_id), dtype=torch.int64)
+    attention_mask = torch.ones(PADDING_SEQ_LEN, dtype=torch.int64)
+    rebuilt = {
+        "prompts": ids[:1].clone(),
+        "responses": ids[1:].clone(),
+        "input_ids": ids,
+        "attention_mask": attention_mask,
+        "position_ids": build_padding_position_ids(template.get("position_ids"), attention_mask),
+        "response_mask": torch.zeros(1, dtype=torch.int64),
+        "num_turns": 0,
+    }
+    if "loss_mask" in template:
+        rebuilt["loss_mask"] = torch.zeros(1, dtype=template["loss_mask"].dtype)
+    routed = build_padding_routed_experts(template.get("routed_experts"), PADDING_SEQ_LEN)
+    if routed is not None:
+        rebuilt["routed_experts"] = routed
+    row = {}
+    for name, value in template.items():
+        if name in rebuilt:
+            row[name] = rebuilt[name]
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
+            if value.shape[0] == response_len:
+                row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
+            elif value.shape[0] == seq_len:
+                raise ValueError(
+                    f"cannot build a padding row: field {name!r} has the sequence's length ({seq_len}) and no known "
+                    f"padding form; set {SETTING}=false"
+                )
+            else:
+                row[name] = value.clone()
+        else:
+            row[name] = value.clone() if isinstance(value, torch.Tensor) else value
+    return row
+
+
+def carried_normalisers(plan: SkipPlan, mini_batch: int) -> dict[str, torch.Tensor]:
+    """The fields every row of ``mini_batch`` carries into the smaller update."""
+    return {
+        MB_TOKENS_FIELD: torch.tensor(plan.mini_batch_tokens[mini_batch], dtype=torch.int64),
+        MB_ROWS_FIELD: torch.tensor(plan.mini_batch_rows[mini_batch], dtype=torch.int64),
+    }
+
+
+def layout_padding_rows(plan: SkipPlan, templates: Sequence[dict[str, Any]], eos_token_id: int) -> list[dict[str, Any]]:
+    """The padding rows of ``plan.layout``, in layout order.
+
+    ``templates[k]`` is a real row of mini-batch ``k`` (all fields); a padding row of mini-batch
+    ``k`` is :func:`padding_row` of it plus :func:`carried_normalisers`.
+    """
+    rows = []
+    for entry in plan.layout:
+        if entry < 0:
+            row = padding_row(templates[-1 - entry], eos_token_id)
+            row.update(carried_normalisers(plan, -1 - entry))
+            rows.append(row)
+    return rows
+
+
+def apply_carried_normalisers(data: Any) -> None:
+    """In the actor's loss: use the normalisers carried by the rows, when they carry them.
+
+    ``data`` is one micro-batch (a TensorDict). Sets its ``batch_num_tokens`` and
+    ``global_batch_size`` (read by verl's ``ppo_loss``) to the values of the rows' mini-batch had no
+    row been skipped. All rows of a micro-batch belong to one mini-batch; anything else is an error.
+    """
+    if MB_TOKENS_FIELD not in data.keys():
+        return
+    from verl.utils import tensordict_utils as tu
+
+    tokens = torch.as_tensor(data[MB_TOKENS_FIELD]).reshape(-1)
+    rows = torch.as_tensor(data[MB_ROWS_FIELD]).reshape(-1)
+    if bool((tokens != tokens[0]).any()) or bool((rows != rows[0]).any()):
+        raise RuntimeError(
+            f"{SETTING}: one micro-batch holds rows of different mini-batches ({MB_TOKENS_FIELD}="
+            f"{sorted(set(tokens.tolist()))}); the update batch was not laid out by zero_adv_skip"
+        )
+    tu.assign_non_tensor(data, batch_num_tokens=int(tokens[0]), global_batch_size=int(rows[0]))
+
+
+# ---------------------------------------------------------------------------------------- trainer glue
+
+
+@contextlib.contextmanager
+def _verl_mini_batch_rows(config: Any, rows: int):
+    """For one ``_update_actor`` call: mini-batches of ``rows`` rows (all ranks), in batch order."""
+    from omegaconf import open_dict
+
+    actor = config.actor_rollout_ref.actor
+    rollout = config.actor_rollout_ref.rollout
+    saved = (actor.ppo_mini_batch_size, rollout.n, actor.shuffle)
+    with open_dict(config):
+        actor.ppo_mini_batch_size, rollout.n, actor.shuffle = rows, 1, False
+    try:
+        yield
+    finally:
+        with open_dict(config):
+            actor.ppo_mini_batch_size, rollout.n, actor.shuffle = saved
+
+
+def update_actor_skipping(
+    trainer: Any,
+    batch: Any,
+    metrics: dict,
+    *,
+    dp_size: int,
+    rows_per_mini_batch: int,
+    micro_batch_size: int | None,
+    update: Callable[[Any, dict], Any],
+) -> Any:
+    """Run verl's actor update (``update``) on ``batch`` without its zero-advantage rows.
+
+    Args:
+        trainer: the RePO trainer (config, tokenizer).
+        batch: the step's KVBatchMeta as verl's ``_update_actor`` would receive it.
+        metrics: the step's metrics; gains the :meth:`SkipPlan.metrics` and ``repo/skip_plan_s``.
+        dp_size: the actor's data-parallel size.
+        rows_per_mini_batch: rows of one optimizer mini-batch (all ranks) without skipping.
+        micro_batch_size: the update's per-rank micro-batch size (None: dynamic batch size).
+        update: verl's ``_update_actor`` (the parent class's method, bound).
+
+    Returns:
+        ``batch`` (unchanged keys: the padding rows added here are deleted again).
+    """
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from repo_ext.integration.batch_layout import row_multiple
+
+    start = time.perf_counter()
+    config = trainer.config
+    actor = config.actor_rollout_ref.actor
+    pid = batch.partition_id
+    members = mini_batch_members(
+        len(batch.keys),
+        dp_size=dp_size,
+        rows_per_mini_batch=rows_per_mini_batch,
+        shuffle=bool(actor.get("shuffle", False)),
+        seed=int(actor.get("data_loader_seed", 42)),
+    )
+    templates = tq.kv_batch_get(keys=[batch.keys[rows[0]] for rows in members], partition_id=pid)
+    mask_field = "loss_mask" if "loss_mask" in templates.keys() else "response_mask"
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=pid, select_fields=["advantages", mask_field])
+    nonzero, valid_tokens = [], []
+    for adv, mask in zip(data["advantages"].unbind(), data[mask_field].unbind(), strict=True):
+        valid = mask.bool()
+        nonzero.append(bool(((adv != 0) & valid).any()))
+        valid_tokens.append(int(valid.sum()))
+    plan = plan_zero_advantage_skip(
+        nonzero,
+        valid_tokens,
+        members,
+        dp_size=dp_size,
+        row_multiple=row_multiple(dp_size, [micro_batch_size]),
+        seq_lens=[int(tag.get("seq_len", 0)) for tag in batch.tags],
+    )
+    metrics.update(plan.metrics())
+    if len(plan.layout) >= len(batch.keys):  # nothing to gain: verl's own update, unchanged
+        metrics["repo/skip_plan_s"] = time.perf_counter() - start
+        return update(batch, metrics)
+
+    template_rows = [{name: templates[k][name] for name in templates.keys()} for k in range(len(members))]
+    pad_rows = layout_padding_rows(plan, template_rows, trainer.tokenizer.eos_token_id)
+    pad_uid = f"pad{uuid.uuid4().hex}"
+    pad_keys, pad_tags, keys, tags = [], [], [], []
+    for entry in plan.layout:
+        if entry >= 0:
+            keys.append(batch.keys[entry])
+            tags.append(batch.tags[entry])
+            continue
+        key = f"{pad_uid}_{len(pad_keys)}_0"  # verl's key form: <uid>_<index>_<turn>
+        pad_rows[len(pad_keys)]["uid"] = pad_uid
+        tag = dict(batch.tags[members[-1 - entry][0]])
+        tag.update(is_padding=True, prompt_len=1, response_len=1, seq_len=PADDING_SEQ_LEN)
+        pad_keys.append(key)
+        pad_tags.append(tag)
+        keys.append(key)
+        tags.append(tag)
+    kept = [entry for entry in plan.layout if entry >= 0]
+    if kept:
+        carried = [carried_normalisers(plan, plan.mini_batch_of[i]) for i in kept]
+        tq.kv_batch_put(keys=[batch.keys[i] for i in kept], partition_id=pid, fields=list_of_dict_to_tensordict(carried))
+    tq.kv_batch_put(keys=pad_keys, partition_id=pid, fields=list_of_dict_to_tensordict(pad_rows), tags=pad_tags)
+    smaller = KVBatchMeta(keys=keys, tags=tags, partition_id=pid, fields=None, extra_info=dict(batch.extra_info or {}))
+    metrics["repo/skip_plan_s"] = time.perf_counter() - start
+    try:
+        with _verl_mini_batch_rows(config, plan.rows_per_mini_batch):
+            update(smaller, metrics)
+    finally:
+        tq.kv_clear(keys=pad_keys, partition_id=pid)
+    return batch
