@@ -32,7 +32,7 @@ def _overrides(model, train, out, steps, strategy="recent_k", extra=()):
     ov = tiny_grpo_overrides(model, train, out, steps=steps, prompts_per_step=4, samples_per_prompt=2)
     ov = [o for o in ov if not o.startswith(("algorithm.adv_estimator", "trainer.save_freq"))]
     ov += [
-        "+algorithm=repo",
+        "algorithm=repo",
         f"algorithm.repo.strategy={strategy}",
         "algorithm.repo.num_replays=2",
         "algorithm.repo.min_cache_to_replay=2",
@@ -62,8 +62,10 @@ def repo_runs(tmp_path_factory):
     model = build_tiny_model(tmp / "tiny", seed=0)
     train = write_arithmetic_parquet(tmp / "train.parquet", num_prompts=4)
     dump = tmp / "dump"
-    first = _run(tmp, "first", _overrides(model, train, tmp / "out", 3, extra=["trainer.save_freq=2"]), dump)
-    resumed = _run(tmp, "resumed", _overrides(model, train, tmp / "out", 4, extra=["trainer.save_freq=2"]), dump)
+    # keep one checkpoint per process, remote copies asked for: the store must follow verl's actor folders
+    ckpt = ["trainer.save_freq=2", "trainer.max_actor_ckpt_to_keep=1", f"trainer.default_hdfs_dir={tmp / 'remote'}"]
+    first = _run(tmp, "first", _overrides(model, train, tmp / "out", 3, extra=ckpt), dump)
+    resumed = _run(tmp, "resumed", _overrides(model, train, tmp / "out", 4, extra=ckpt), dump)
     return {"tmp": tmp, "dump": dump, "first": first, "resumed": resumed, "model": model, "train": train}
 
 
@@ -153,6 +155,18 @@ def test_resume_restores_the_store_exactly_and_training_continues(repo_runs):
     # replay at the first resumed step is only possible with the restored store
     assert resumed[4]["repo/replayed_rows"] == 8
     assert resumed[4]["repo/store_num_inserted"] == 32
+
+
+def test_old_checkpoints_are_pruned_with_the_actor(repo_runs):
+    """verl (FSDP) deletes old ``actor/`` folders, per process, keeping max_actor_ckpt_to_keep=1, and
+    copies nothing to default_hdfs_dir; the store files go exactly with the actor folders."""
+    ckpt, remote = repo_runs["tmp"] / "out" / "checkpoints", repo_runs["tmp"] / "remote"
+    actors = sorted(p.parent.name for p in ckpt.glob("global_step_*/actor"))
+    stores = sorted(p.parent.parent.name for p in ckpt.rglob("repo_store.pt"))
+    # the first run saved steps 2 and 3 (pruning 2); the resumed run saved step 4 (its only save)
+    assert actors == stores == ["global_step_3", "global_step_4"]
+    assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_2", "global_step_3", "global_step_4"]
+    assert not list(remote.rglob("*.pt")) and not list(remote.rglob("repo_store*"))
 
 
 def test_strategy_none_is_grpo(tmp_path, repo_runs):
