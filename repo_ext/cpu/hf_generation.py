@@ -16,6 +16,15 @@ With top-k and top-p disabled it equals what verl's actor recomputes,
 ``log_softmax(logits / temperature)`` (``verl/workers/engine/fsdp/transformer_impl.py``).
 ``logprobs_mode=raw_logprobs`` gives ``log_softmax(logits)`` of the unprocessed model instead.
 Greedy decoding (temperature 0) applies no temperature: its log-probs are those of the raw model.
+
+Seeded sampling. Every request samples from its own ``torch.Generator`` (seeded with
+``GenerationRequest.seed``, or from torch's global RNG when that is None): at each position a row
+draws one uniform number from its generator and takes the token where it falls in the row's
+cumulative sampling distribution (:func:`sample_rows`). A row's tokens therefore depend on its
+own prompt, seed and logits only, not on which other requests share its ``generate`` call (HF's
+own ``do_sample`` would draw all rows from one global stream). Batched logits can differ from
+unbatched ones in the last float bits (padding, matmul blocking); that flips a sampled token only
+when a uniform falls within that rounding of a distribution boundary.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 
 __all__ = [
     "GenerationRequest",
+    "sample_rows",
     "GenerationResult",
     "SamplingSettings",
     "HFBatchGenerator",
@@ -79,12 +89,17 @@ class SamplingSettings:
 
 @dataclass
 class GenerationRequest:
-    """One prompt. ``max_tokens`` >= 1 new tokens at most; ``logprobs`` asks for per-token log-probs."""
+    """One prompt. ``max_tokens`` >= 1 new tokens at most; ``logprobs`` asks for per-token log-probs.
+
+    ``seed`` seeds this request's own sampling stream (any int; reduced modulo 2**63); None draws a
+    seed from torch's global RNG. Greedy requests ignore it.
+    """
 
     prompt_ids: list[int]
     max_tokens: int
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     logprobs: bool = False
+    seed: Optional[int] = None
 
     def __post_init__(self):
         if len(self.prompt_ids) == 0:
@@ -211,13 +226,15 @@ class HFBatchGenerator:
 
         # An explicit, complete config: the model's own generation_config (e.g. HF's default
         # top_k=50) must not leak into the sampling distribution. Temperature/top-k/top-p are off
-        # here because _SampledTokenLogProbs applies them.
+        # here because _SampledTokenLogProbs applies them, and it also samples (per-row
+        # generators): it hands generate a distribution with all mass on the drawn token, so
+        # generate's own decoding is greedy.
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_token_id,
             eos_token_id=None if settings.ignore_eos else list(self.eos_token_ids),
             repetition_penalty=settings.repetition_penalty,
-            do_sample=not settings.greedy,
+            do_sample=False,
             temperature=1.0,
             top_k=0,
             top_p=1.0,
@@ -236,7 +253,10 @@ class HFBatchGenerator:
             input_ids[row, prompt_len - n :] = torch.tensor(request.prompt_ids, dtype=torch.long)
             attention_mask[row, prompt_len - n :] = 1
 
-        sampler = _SampledTokenLogProbs(settings, raw=self.logprobs_mode == "raw_logprobs")
+        generators = None
+        if not settings.greedy:
+            generators = [_row_generator(request.seed) for request in batch]
+        sampler = _SampledTokenLogProbs(settings, raw=self.logprobs_mode == "raw_logprobs", generators=generators)
         sequences = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
@@ -262,17 +282,52 @@ class HFBatchGenerator:
         return results
 
 
+_SEED_MODULUS = 2**63
+
+
+def _row_generator(seed: Optional[int]) -> torch.Generator:
+    if seed is None:
+        seed = int(torch.randint(0, _SEED_MODULUS - 1, ()).item())
+    return torch.Generator().manual_seed(int(seed) % _SEED_MODULUS)
+
+
+def sample_rows(scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from ``softmax(scores)``, row i by inverse CDF with one uniform from ``generators[i]``.
+
+    Args:
+        scores: [batch, vocab] logits of the sampling distribution (-inf = excluded token).
+        generators: one CPU generator per row; each call advances every generator by one draw.
+
+    Returns:
+        [batch] long tensor of token ids. Row i's token depends only on ``scores[i]`` and
+        ``generators[i]``: the smallest id whose cumulative probability (float64) exceeds
+        u * total, u ~ U[0, 1); tokens of probability 0 are never chosen.
+    """
+    if scores.dim() != 2 or len(generators) != scores.shape[0]:
+        raise ValueError(
+            f"sample_rows: scores must be [batch, vocab] with one generator per row; got scores of shape "
+            f"{tuple(scores.shape)} and {len(generators)} generators"
+        )
+    cdf = torch.softmax(scores.detach().to("cpu", torch.float64), dim=-1).cumsum(dim=-1)
+    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    targets = (uniforms * cdf[:, -1]).unsqueeze(1)
+    tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return tokens.clamp_(max=scores.shape[-1] - 1).to(scores.device)
+
+
 class _SampledTokenLogProbs:
-    """HF logits processor: applies temperature, top-k, top-p (HF's warpers, HF's order) and
-    records, for every generated position, the log-probability of the sampled token under the
-    resulting distribution (or under the unprocessed one, with ``raw``).
+    """HF logits processor: applies temperature, top-k, top-p (HF's warpers, HF's order), samples
+    each row with its own generator (:func:`sample_rows`) and records, for every generated
+    position, the log-probability of the sampled token under the resulting distribution (or under
+    the unprocessed one, with ``raw``). Without generators (greedy) it returns the processed
+    scores, whose argmax generate then takes.
 
     ``generate`` calls it once per position before sampling; the token sampled at position t is
     the last column of ``input_ids`` at call t + 1 (and of the final sequences for the last one),
     so only one [batch, vocab] row of log-probs is kept at a time.
     """
 
-    def __init__(self, settings: SamplingSettings, raw: bool):
+    def __init__(self, settings: SamplingSettings, raw: bool, generators: Optional[list[torch.Generator]]):
         from transformers.generation.logits_process import (
             TemperatureLogitsWarper,
             TopKLogitsWarper,
@@ -288,6 +343,9 @@ class _SampledTokenLogProbs:
             if settings.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(top_p=settings.top_p))
         self.raw = raw
+        if not settings.greedy and generators is None:
+            raise ValueError("_SampledTokenLogProbs: sampling (temperature > 0) needs one generator per row")
+        self.generators = None if settings.greedy else generators
         self._previous: Optional[torch.Tensor] = None
         self._chosen: list[torch.Tensor] = []
 
@@ -302,7 +360,11 @@ class _SampledTokenLogProbs:
         for warper in self.warpers:
             processed = warper(input_ids, processed)
         self._previous = torch.log_softmax((scores if self.raw else processed).float(), dim=-1)
-        return processed
+        if self.generators is None:
+            return processed
+        chosen = sample_rows(processed, self.generators)
+        point_mass = torch.full_like(processed, -math.inf)
+        return point_mass.scatter_(1, chosen[:, None], 0.0)
 
     def finish(self, sequences: torch.LongTensor) -> torch.Tensor:
         """[batch, generated] log-probs of the generated tokens; call once after ``generate``."""

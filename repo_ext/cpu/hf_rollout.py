@@ -15,6 +15,17 @@ as ``verl/workers/rollout/vllm_rollout``:
   its ``update_weights`` every step (``ActorRolloutRefWorker.update_weights`` in
   ``verl/workers/engine_workers.py``), and it ships the actor's full weights to the server.
 
+Seeded sampling: each sampled request gets its own seed (:func:`request_seed`) from
+``actor_rollout_ref.rollout.seed``, the step of the weights it is generated with (the
+``global_steps`` of the latest weight sync) and the sample's place in that step: its prompt (token
+ids) and how many sampled requests for the same prompt the step has already seen. Two runs with the
+same weights and seed therefore give every prompt the same set of responses, however the requests
+are batched. verl 0.9.1 does not tell a rollout server which of a prompt's n samples a request is
+(the V1 trainer sends n identical requests), so which row of the group gets which response follows
+the order in which the requests arrive. Where verl does name the row (``det-<row>`` request ids of
+the legacy trainer with ``actor_rollout_ref.rollout.full_determinism=True``), the row is part of the
+seed and every row gets the same response in both runs.
+
 Settings under ``actor_rollout_ref.rollout.engine_kwargs.hf_cpu``: ``num_threads`` (torch threads
 for generation; default all cores: rollout and training alternate in verl's sync trainer) and
 ``batch_wait_ms`` (how long to keep collecting concurrent requests before a batch starts).
@@ -24,8 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import os
+import re
 import time
 from typing import Any, Generator, Optional
 
@@ -38,7 +51,15 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from repo_ext.cpu.hf_generation import GenerationRequest, HFBatchGenerator, parse_sampling_params
 
-__all__ = ["ROLLOUT_NAME", "HFRolloutServer", "HFRolloutReplica", "HFServerAdapter", "server_actor_name"]
+__all__ = [
+    "ROLLOUT_NAME",
+    "HFRolloutServer",
+    "HFRolloutReplica",
+    "HFServerAdapter",
+    "request_seed",
+    "sample_identity",
+    "server_actor_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +70,25 @@ _DEFAULT_BATCH_WAIT_MS = 50.0
 def server_actor_name(replica_rank: int, node_rank: int = 0, kind: str = "") -> str:
     """Ray actor name of a replica's server; the adapter in the trainer worker finds it by name."""
     return f"{ROLLOUT_NAME}_server{kind}_{replica_rank}_{node_rank}"
+
+
+# verl's single-turn and tool agent loops name a request "det-<priority>" under
+# rollout.full_determinism, priority being the row's index in the step's batch (agent_loop.py)
+_POSITIONAL_REQUEST_ID = re.compile(r"det-\d+")
+
+
+def sample_identity(request_id: str, prompt_ids: list[int]) -> str:
+    """What names a sample within a step: its prompt's tokens, and verl's positional request id if any."""
+    digest = hashlib.blake2b(",".join(map(str, prompt_ids)).encode(), digest_size=16).hexdigest()
+    row = str(request_id) if _POSITIONAL_REQUEST_ID.fullmatch(str(request_id)) else ""
+    return f"{row}|prompt-{digest}"
+
+
+def request_seed(run_seed: int, weights_step: Optional[int], identity: str, occurrence: int) -> int:
+    """Seed of one request's sampling stream: a 63-bit hash of (rollout seed, step of the weights,
+    sample identity, how many sampled requests with that identity the step has seen before)."""
+    text = f"{int(run_seed)}|{weights_step}|{identity}|{int(occurrence)}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def _engine_kwargs(config: RolloutConfig) -> dict:
@@ -116,6 +156,8 @@ class HFRolloutServer:
         self.max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
 
         self.global_steps: Optional[int] = None
+        # sampled requests per sample identity since the latest weight sync (see request_seed)
+        self._occurrences: collections.Counter[str] = collections.Counter()
         self._queue: list[_Pending] = []
         self._new_request = asyncio.Event()
         self._model_lock = asyncio.Lock()
@@ -157,8 +199,17 @@ class HFRolloutServer:
             default_max_tokens=self._default_max_tokens(len(prompt_ids)),
             ignore_eos_default=self.config.ignore_eos,
         )
+        seed = None
+        if not settings.greedy:
+            identity = sample_identity(request_id, prompt_ids)
+            seed = request_seed(self.config.seed, self.global_steps, identity, self._occurrences[identity])
+            self._occurrences[identity] += 1
         request = GenerationRequest(
-            prompt_ids=prompt_ids, max_tokens=max(1, min(max_tokens, room)), sampling=settings, logprobs=want_logprobs
+            prompt_ids=prompt_ids,
+            max_tokens=max(1, min(max_tokens, room)),
+            sampling=settings,
+            logprobs=want_logprobs,
+            seed=seed,
         )
         if not self._gate_open.is_set():
             if self._reject_when_closed:
@@ -224,7 +275,7 @@ class HFRolloutServer:
             copied = await asyncio.to_thread(self.generator.load_weights, named_tensors.items())
             checksum = self._weights_checksum()
         if global_steps is not None:
-            self.global_steps = global_steps
+            self._start_step(global_steps)
         # one line per sync, so a run's log shows that the rollout follows the actor
         print(
             f"[hf_cpu] replica {self.replica_rank}: loaded {copied} tensors for global_steps={global_steps}, "
@@ -245,7 +296,11 @@ class HFRolloutServer:
         return list(self.batch_sizes)
 
     async def set_global_steps(self, global_steps: int):
+        self._start_step(global_steps)
+
+    def _start_step(self, global_steps: int) -> None:
         self.global_steps = global_steps
+        self._occurrences.clear()
 
     # ---------------------------------------------------------------- lifecycle (no device memory to free)
     async def wake_up(self, tags: Optional[list[str]] = None):

@@ -175,3 +175,48 @@ def test_sampling_params_parsing_and_validation():
         SamplingSettings(temperature=-1)
     with pytest.raises(ValueError, match="max_tokens"):
         GenerationRequest(prompt_ids=[1], max_tokens=0)
+
+
+def test_sample_rows_takes_the_token_where_the_rows_uniform_falls_by_hand():
+    from repo_ext.cpu.hf_generation import sample_rows
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    scores = probs.log()  # log 0 = -inf: an excluded token
+    seeds = [11, 12]
+    chosen = sample_rows(scores, [torch.Generator().manual_seed(s) for s in seeds])
+    for row, seed in enumerate(seeds):
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).item()
+        cumulative, expected = 0.0, None
+        for token, p in enumerate(probs[row].tolist()):
+            cumulative += p
+            if u < cumulative:
+                expected = token
+                break
+        assert int(chosen[row]) == expected, (row, u)
+    # a token of probability 0 is never drawn, whatever the uniform
+    many = sample_rows(scores[:1].expand(2000, 4), [torch.Generator().manual_seed(s) for s in range(2000)])
+    assert 1 not in many.tolist()
+    counts = torch.bincount(many, minlength=4).double() / 2000
+    # binomial standard error at p=0.6, n=2000 is 0.011; 5 of them
+    assert torch.allclose(counts, probs[0], atol=0.055), counts
+    with pytest.raises(ValueError, match="one generator per row"):
+        sample_rows(scores, [torch.Generator()])
+
+
+def test_seeded_request_samples_the_same_tokens_alone_or_in_any_batch(generator):
+    settings = SamplingSettings(temperature=1.0)
+    target = GenerationRequest(prompt_ids=PROMPTS[1], max_tokens=12, sampling=settings, logprobs=True, seed=1234)
+    torch.manual_seed(0)
+    [alone] = generator.generate([target])
+    others = [
+        GenerationRequest(prompt_ids=PROMPTS[0], max_tokens=5, sampling=settings, seed=1),
+        GenerationRequest(prompt_ids=PROMPTS[2], max_tokens=12, sampling=settings),  # unseeded neighbour
+    ]
+    torch.manual_seed(99)  # the global RNG must not matter for a seeded request
+    batched = generator.generate([others[0], target, others[1]])[1]
+    assert batched.token_ids == alone.token_ids
+    assert batched.log_probs == pytest.approx(alone.log_probs, abs=LOGPROB_TOL)
+    # the seed does matter: another seed gives another response (tiny random model: near-uniform
+    # over 300+ tokens, so 12 equal draws by chance are out of the question)
+    [reseeded] = generator.generate([GenerationRequest(prompt_ids=PROMPTS[1], max_tokens=12, sampling=settings, seed=4321)])
+    assert reseeded.token_ids != alone.token_ids
