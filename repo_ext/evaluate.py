@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="longest answer, in tokens")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf: transformers generate (CPU or one GPU); vllm: vLLM on GPUs")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype for generation (auto: as stored)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype for generation (auto: as stored on a GPU, float32 on a CPU)")
     parser.add_argument("--batch-size", type=int, default=32, help="hf backend: sequences per generate call (prompts x n)")
     parser.add_argument("--device", default=None, help="hf backend: torch device; unset: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="hf backend: torch CPU threads; unset: one per core (use 1 on a busy shared machine)")

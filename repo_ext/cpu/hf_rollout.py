@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf_cpu"
 _DEFAULT_BATCH_WAIT_MS = 50.0
+# weights are sent to the server in buckets of about this size (the last tensor may overshoot)
+_SYNC_BUCKET_BYTES = 64 * 1024**2
 
 
 def server_actor_name(replica_rank: int, node_rank: int = 0, kind: str = "") -> str:
@@ -156,6 +158,7 @@ class HFRolloutServer:
         self.max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
 
         self.global_steps: Optional[int] = None
+        self._sync_copied = 0  # tensors loaded by the buckets of the weight sync in progress
         # sampled requests per sample identity since the latest weight sync (see request_seed)
         self._occurrences: collections.Counter[str] = collections.Counter()
         self._queue: list[_Pending] = []
@@ -269,10 +272,20 @@ class HFRolloutServer:
                     self._drained.set()
 
     # ---------------------------------------------------------------- weights
-    async def update_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
-        """Replace the model weights (HF names, full tensors); returns the number of tensors loaded."""
+    async def update_weights(
+        self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None, last: bool = True
+    ) -> int:
+        """Replace model weights (HF names, full tensors); returns the number of tensors loaded.
+
+        A sync may come in several calls (buckets, see :class:`HFServerAdapter`); only the one with
+        ``last=True`` starts the new step and prints the sync's line.
+        """
         async with self._model_lock:
             copied = await asyncio.to_thread(self.generator.load_weights, named_tensors.items())
+            self._sync_copied += copied
+            if not last:
+                return copied
+            copied, self._sync_copied = self._sync_copied, 0
             checksum = self._weights_checksum()
         if global_steps is not None:
             self._start_step(global_steps)
@@ -404,6 +417,7 @@ class HFServerAdapter(BaseRollout):
         self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
         self.rollout_rank = rank % rollout_world_size
         self._server = None
+        self.sync_bucket_bytes = _SYNC_BUCKET_BYTES
 
     def _server_handle(self):
         if self.rollout_rank != 0:
@@ -434,9 +448,16 @@ class HFServerAdapter(BaseRollout):
         if kwargs.get("peft_config") is not None:
             raise NotImplementedError("hf_cpu rollout does not load LoRA adapters; set model.lora.merge=True")
         server = self._server_handle()
-        named = {}
-        for name, tensor in weights:
-            if server is not None:
-                named[name] = tensor.detach().to("cpu").clone()
+        # In buckets: one call with every tensor would hold a full copy of the weights here, in
+        # Ray's object store and in the server at the same time (3 x 0.5 GiB for a 135M model in fp32).
+        bucket, size = {}, 0
+        for name, tensor in weights:  # every rank iterates: each full tensor is a collective
+            if server is None:
+                continue
+            bucket[name] = tensor.detach().to("cpu").clone()
+            size += bucket[name].nbytes
+            if size >= self.sync_bucket_bytes:
+                await server.update_weights.remote(bucket, global_steps=None, last=False)
+                bucket, size = {}, 0
         if server is not None:
-            await server.update_weights.remote(named, global_steps=global_steps)
+            await server.update_weights.remote(bucket, global_steps=global_steps, last=True)

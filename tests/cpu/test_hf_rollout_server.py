@@ -116,6 +116,49 @@ def test_adapter_ships_actor_weights_to_the_server(ray_cluster, server, configs,
     assert out.extra_fields["global_steps"] == 7
 
 
+def test_adapter_sends_weights_in_buckets(ray_cluster, server, configs, tmp_path):
+    """One tensor per bucket (bucket size 1 byte): the server ends with exactly the sent weights and
+    counts the whole sync once, at the last bucket."""
+    from transformers import AutoModelForCausalLM
+
+    from repo_ext.assets.tiny_model import build_tiny_model
+    from repo_ext.cpu.hf_rollout import HFServerAdapter
+
+    rollout, model_config = configs
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "seed2", seed=2)).eval()
+    os.environ.setdefault("RANK", "0")
+    adapter = HFServerAdapter(config=rollout, model_config=model_config, device_mesh=None)
+    adapter.sync_bucket_bytes = 1
+    sent = []
+
+    class CountingHandle:
+        def __init__(self, handle):
+            self.handle = handle
+
+        @property
+        def update_weights(self):
+            outer = self
+
+            class Remote:
+                @staticmethod
+                def remote(bucket, **kwargs):
+                    sent.append((len(bucket), kwargs))
+                    return outer.handle.update_weights.remote(bucket, **kwargs)
+
+            return Remote
+
+    adapter._server = CountingHandle(server)
+    state = other.state_dict()
+    asyncio.run(adapter.update_weights(iter(state.items()), global_steps=9))
+
+    # every tensor fills a bucket; the closing call carries none and ends the sync
+    assert [n for n, _ in sent] == [1] * len(state) + [0]
+    assert [kw["last"] for _, kw in sent] == [False] * len(state) + [True]
+    assert ray_cluster.get(server.get_weights_checksum.remote()) == pytest.approx(_checksum(other), rel=1e-12)
+    out = ray_cluster.get(server.generate.remote(prompt_ids=PROMPTS[0], sampling_params={"temperature": 0}, request_id="b"), timeout=60)
+    assert out.extra_fields["global_steps"] == 9
+
+
 def test_abort_rejects_until_resumed(ray_cluster, server):
     result = ray_cluster.get(server.abort_all_requests.remote(reject_request=True), timeout=60)
     assert result["aborted_count"] == 0
