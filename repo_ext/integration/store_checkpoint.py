@@ -91,6 +91,11 @@ def save_store_state(
         extra_json = json.loads(json.dumps(dict(extra or {}), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"save_store_state(extra=...) must be a JSON-serialisable dict of finite values: {exc}") from exc
+    if extra_json != dict(extra or {}):
+        raise ValueError(
+            f"save_store_state(extra={extra!r}) would not load back equal: use str keys, lists (not tuples), "
+            "and plain int/float/str/bool/None values (JSON-serialisable)"
+        )
     arrays = store.state_entry_arrays()
     header = {
         "format_version": FORMAT_VERSION,

@@ -60,7 +60,7 @@ def test_extra_round_trip(tmp_path):
     assert load_store_state(_empty_store(), tmp_path, expected_step=2) == extra
 
 
-@pytest.mark.parametrize("extra", [{"x": object()}, {"x": float("nan")}, {"x": np.int64(3)}])
+@pytest.mark.parametrize("extra", [{"x": object()}, {"x": float("nan")}, {"x": np.int64(3)}, {1: 2}, {"x": (1, 2)}])
 def test_extra_must_be_json(tmp_path, extra):
     with pytest.raises(ValueError, match="JSON-serialisable"):
         save_store_state(_filled_store(), tmp_path, 2, extra=extra)
