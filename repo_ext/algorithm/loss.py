@@ -184,16 +184,16 @@ def repo_policy_loss(
             verl's vanilla loss does with rollout-correction weights.
 
     Returns:
-        ``(loss, metrics)``: a scalar tensor and a dict of floats:
-        ``repo/on_policy_loss`` and ``repo/off_policy_loss`` (each side aggregated alone with
-        ``loss_agg_mode`` over its local rows, without the coefficient),
+        ``(loss, metrics)``: a scalar tensor and a dict of floats, the same keys for every
+        micro-batch: the sums and counts of :data:`SUM_METRICS` (turned into
+        ``repo/on_policy_loss``, ``repo/off_policy_loss`` (each side's loss without the
+        coefficient, per row for seq-mean-* modes and per token for token-*),
         ``repo/on_clipfrac``, ``repo/off_clipfrac`` (fraction of the side's valid tokens whose clip
-        was active), ``repo/off_ratio_mean``, ``repo/off_ratio_max`` (ratio pi_theta / pi_behaviour
-        over valid off-policy tokens) — each side's metrics only when the micro-batch has tokens of
-        that side —, ``repo/nonzero_adv_row_frac``
-        (fraction of rows with a valid token whose advantage is non-zero on some valid token),
-        ``repo/off_row_frac`` (fraction of rows with a valid token that are off-policy), and verl's
-        ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` over all valid tokens.
+        was active), ``repo/off_ratio_mean`` (ratio pi_theta / pi_behaviour over valid off-policy
+        tokens), ``repo/nonzero_adv_row_frac`` (rows with a valid token whose advantage is
+        non-zero on some valid token) and ``repo/off_row_frac`` by :func:`mean_metrics_from_sums`),
+        ``repo/off_ratio_max`` (0.0 without off-policy tokens), and verl's ``actor/pg_clipfrac``,
+        ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` over all valid tokens of the micro-batch.
     """
     _check_inputs(log_prob, old_log_prob, advantages, response_mask, off_policy)
     if weighting not in LOSS_WEIGHTINGS:
@@ -283,6 +283,57 @@ def _side_loss(
     )
 
 
+#: Per-side metrics as (numerator, denominator) pairs. :func:`repo_policy_loss` reports, for every
+#: micro-batch, the numerator (a sum) and the denominator (a count) of each, always all of them, 0 on
+#: a side the micro-batch does not hold. verl gathers loss metrics per micro-batch and data-parallel
+#: rank and requires every rank to report every key equally often
+#: (verl/utils/metric/utils.py ``Metric.aggregate_dp``); the RePO loss wrapper tags these as
+#: ``AggregationType.SUM`` and the trainer divides once (:func:`mean_metrics_from_sums`), so the
+#: value logged is the mean over all of the side's tokens (rows) of the step, however they were
+#: spread over ranks and micro-batches.
+SUM_METRICS: dict[str, tuple[str, str]] = {
+    "repo/on_policy_loss": ("repo/sum/on_policy_loss", "repo/sum/on_loss_units"),
+    "repo/off_policy_loss": ("repo/sum/off_policy_loss", "repo/sum/off_loss_units"),
+    "repo/on_clipfrac": ("repo/sum/on_clipped_tokens", "repo/sum/on_tokens"),
+    "repo/off_clipfrac": ("repo/sum/off_clipped_tokens", "repo/sum/off_tokens"),
+    "repo/off_ratio_mean": ("repo/sum/off_ratio", "repo/sum/off_tokens"),
+    "repo/nonzero_adv_row_frac": ("repo/sum/nonzero_adv_rows", "repo/sum/valid_rows"),
+    "repo/off_row_frac": ("repo/sum/off_rows", "repo/sum/valid_rows"),
+}
+#: the sums and counts above, each reported once per micro-batch
+SUM_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for pair in SUM_METRICS.values() for k in pair))
+#: reported by every micro-batch (0.0 without replayed tokens: ratios are > 0); aggregated with MAX
+MAX_METRICS: tuple[str, ...] = ("repo/off_ratio_max",)
+#: the metric each max belongs to: dropped with it when the step has no token of that side
+_MAX_SIDE = {"repo/off_ratio_max": "repo/sum/off_tokens"}
+
+
+def mean_metrics_from_sums(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Replace the sums and counts of :data:`SUM_METRICS` in ``metrics`` by their means, in place.
+
+    Args:
+        metrics: logged metrics holding ``prefix + key`` for every key of :data:`SUM_KEYS`, each
+            any constant multiple of the sum over the step (verl logs the sum over micro-batches
+            averaged over ranks and mini-batches: the same factor for numerator and denominator).
+        prefix: what the trainer put in front of the loss's keys (verl's actor update: ``"actor/"``).
+
+    Returns:
+        ``metrics``. A mean whose denominator is 0 (no token of that side in the step) is not
+        reported, nor is its max: the mean of nothing is not 0. Without the sums (e.g. the actor
+        update did not run) ``metrics`` is left alone.
+    """
+    if prefix + SUM_KEYS[0] not in metrics:
+        return metrics
+    sums = {key: float(metrics.pop(prefix + key)) for key in SUM_KEYS}
+    for name, (numerator, denominator) in SUM_METRICS.items():
+        if sums[denominator] > 0:
+            metrics[prefix + name] = sums[numerator] / sums[denominator]
+    for name, denominator in _MAX_SIDE.items():
+        if sums[denominator] <= 0:
+            metrics.pop(prefix + name, None)
+    return metrics
+
+
 @torch.no_grad()
 def _metrics(
     terms: dict[str, torch.Tensor],
@@ -296,33 +347,41 @@ def _metrics(
 ) -> dict[str, float]:
     clipped = terms["clipped"].float()
 
-    def side_loss(side_mask: torch.Tensor) -> float:
-        if not bool(side_mask.any()):
-            return 0.0
-        value = aggregate_token_losses(token_losses, side_mask, loss_agg_mode, loss_scale_factor=loss_scale_factor)
-        return value.item()
+    def side_loss(side_mask: torch.Tensor) -> tuple[float, float]:
+        """(sum, units) of the side's loss: per row for seq-mean-*, per token for token-*."""
+        if loss_agg_mode.startswith("token"):
+            return masked_sum(token_losses, side_mask).item(), float(side_mask.sum())
+        rows = side_mask.any(dim=-1)
+        token_counts = side_mask.sum(dim=-1)
+        row_sums = masked_sum(token_losses, side_mask, dim=-1)
+        if loss_agg_mode == "seq-mean-token-mean":
+            row_losses = row_sums / token_counts.clamp(min=1)
+        elif loss_agg_mode == "seq-mean-token-sum-norm":
+            row_losses = row_sums / (side_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+        else:
+            row_losses = row_sums
+        return masked_sum(row_losses, rows).item(), float(rows.sum())
 
     off_ratios = terms["ratio"].detach()[off_mask]
-    valid_rows = mask.any(dim=-1)
-    nonzero_rows = ((advantages.detach() != 0) & mask).any(dim=-1)
-    off_rows = off_mask.any(dim=-1)
-    num_valid_rows = int(valid_rows.sum())
-    # A side's metrics are reported only by micro-batches that hold tokens of that side: verl
-    # averages each metric over the micro-batches that report it, so a 0.0 from a micro-batch
-    # without replayed rows would drag e.g. the mean off-policy ratio towards 0.
-    side: dict[str, float] = {}
-    if bool(on_mask.any()):
-        side["repo/on_policy_loss"] = side_loss(on_mask)
-        side["repo/on_clipfrac"] = masked_mean(clipped, on_mask).item()
-    if off_ratios.numel():
-        side["repo/off_policy_loss"] = side_loss(off_mask)
-        side["repo/off_clipfrac"] = masked_mean(clipped, off_mask).item()
-        side["repo/off_ratio_mean"] = off_ratios.mean().item()
-        side["repo/off_ratio_max"] = off_ratios.max().item()
+    on_loss, on_units = side_loss(on_mask)
+    off_loss, off_units = side_loss(off_mask)
+    sums = {
+        "repo/sum/on_policy_loss": on_loss,
+        "repo/sum/on_loss_units": on_units,
+        "repo/sum/off_policy_loss": off_loss,
+        "repo/sum/off_loss_units": off_units,
+        "repo/sum/on_clipped_tokens": masked_sum(clipped, on_mask).item(),
+        "repo/sum/on_tokens": float(on_mask.sum()),
+        "repo/sum/off_clipped_tokens": masked_sum(clipped, off_mask).item(),
+        "repo/sum/off_tokens": float(off_mask.sum()),
+        "repo/sum/off_ratio": off_ratios.sum().item(),
+        "repo/sum/nonzero_adv_rows": float(((advantages.detach() != 0) & mask).any(dim=-1).sum()),
+        "repo/sum/valid_rows": float(mask.any(dim=-1).sum()),
+        "repo/sum/off_rows": float(off_mask.any(dim=-1).sum()),
+    }
     return {
-        **side,
-        "repo/nonzero_adv_row_frac": int(nonzero_rows.sum()) / num_valid_rows if num_valid_rows else 0.0,
-        "repo/off_row_frac": int(off_rows.sum()) / num_valid_rows if num_valid_rows else 0.0,
+        **sums,
+        "repo/off_ratio_max": off_ratios.max().item() if off_ratios.numel() else 0.0,
         "actor/pg_clipfrac": masked_mean(clipped, mask).item(),
         "actor/ppo_kl": masked_mean(-terms["log_ratio"].detach(), mask).item(),
         "actor/pg_clipfrac_lower": masked_mean(terms["clipped_lower"].float(), mask).item(),

@@ -29,7 +29,8 @@ import torch
 
 from repo_ext.algorithm.advantages import group_advantages
 from repo_ext.algorithm.config import RePOConfig
-from repo_ext.algorithm.loss import repo_policy_loss
+from repo_ext.algorithm.loss import MAX_METRICS, SUM_KEYS, mean_metrics_from_sums, repo_policy_loss
+from repo_ext.integration.mini_batch_counts import MINI_BATCH_FIELD, NORM_ROWS_FIELD
 from repo_ext.integration.replay_rows import NORM_OFF_FIELD, NORM_ON_FIELD, OFF_POLICY_FIELD, split_uid
 from repo_ext.integration.zero_adv_skip import apply_carried_normalisers
 
@@ -196,6 +197,13 @@ def compute_repo_policy_loss(
         rollout_is_weights=rollout_is_weights,
         **kwargs,
     )
+    if rows is None:
+        # Nothing divides the sums later (no RePO trainer): per-micro-batch means, and the same keys
+        # from every micro-batch (verl's dp aggregation needs that); every row is on-policy here.
+        means = mean_metrics_from_sums(metrics)
+        metrics = {key: value for key, value in means.items() if not key.startswith("repo/off_")}
+        for key in ("repo/on_policy_loss", "repo/on_clipfrac", "repo/nonzero_adv_row_frac"):
+            metrics.setdefault(key, 0.0)
     return loss, metrics
 
 
@@ -232,8 +240,49 @@ class RePOLossFunction:
             off_policy_loss_coef=self.repo_config.off_policy_loss_coef,
         )
         apply_carried_normalisers(data)  # zero-advantage rows skipped: the normalisers as if they were there
+        if NORM_ROWS_FIELD in data.keys():
+            self._use_real_row_count(data)
         token = _CURRENT_ROWS.set(flags)
         try:
-            return ppo_loss(self.actor_config, model_output, data, dp_group)
+            loss, metrics = ppo_loss(self.actor_config, model_output, data, dp_group)
         finally:
             _CURRENT_ROWS.reset(token)
+        return loss, _retag_sum_metrics(metrics)
+
+    @staticmethod
+    def _use_real_row_count(data: Any) -> None:
+        """verl's ``global_batch_size`` counts padding rows; replace it, for this micro-batch, by the rows
+        with a valid token in its mini-batch over all ranks (``mini_batch_counts``), so that verl's
+        ppo_loss divides every seq-mean-* term (policy, entropy, KL) by real rows."""
+        from verl.utils import tensordict_utils as tu
+
+        mini_batches = set(torch.as_tensor(data[MINI_BATCH_FIELD]).reshape(-1).tolist())
+        if len(mini_batches) > 1:
+            raise RuntimeError(
+                f"RePO loss: one micro-batch holds rows of mini-batches {sorted(mini_batches)}; the trainer's "
+                "view of verl's mini-batch layout (repo_ext/integration/mini_batch_counts.py) no longer matches "
+                "verl's, so the loss normalisers would be wrong"
+            )
+        real_rows = float(torch.as_tensor(data[NORM_ROWS_FIELD]).reshape(-1)[0])
+        if real_rows > 0 and "global_batch_size" in data.keys():
+            tu.assign_non_tensor(data, global_batch_size=real_rows)
+
+
+def _retag_sum_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """verl wraps every policy-loss metric as a MEAN ``Metric``; the sums and counts of
+    :data:`~repo_ext.algorithm.loss.SUM_KEYS` are summed over micro-batches (``AggregationType.SUM``),
+    the maxima maximised, so that the trainer's one division gives the step's exact means."""
+    from verl.utils.metric import AggregationType, Metric
+
+    def retag(value: Any, aggregation: AggregationType) -> Metric:
+        out = Metric(aggregation)
+        out.extend(value.values if isinstance(value, Metric) else [value])
+        return out
+
+    for key in SUM_KEYS:
+        if key in metrics:
+            metrics[key] = retag(metrics[key], AggregationType.SUM)
+    for key in MAX_METRICS:
+        if key in metrics:
+            metrics[key] = retag(metrics[key], AggregationType.MAX)
+    return metrics

@@ -40,10 +40,12 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from repo_ext.algorithm.advantages import nonzero_advantage_group_fraction
 from repo_ext.algorithm.config import RePOConfig
+from repo_ext.algorithm.loss import mean_metrics_from_sums
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration import estimators
 from repo_ext.integration.batch_layout import replay_batch_layout, row_multiple
 from repo_ext.integration.config_checks import check_repo_batch_settings, check_repo_wiring
+from repo_ext.integration.mini_batch_counts import write_mini_batch_counts
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, RePOLossFunction, repo_config_from_algorithm
 from repo_ext.integration.replay_rows import (
     NORM_OFF_FIELD,
@@ -483,6 +485,19 @@ class RePOTrainer(PPOTrainerSync):
         return m * num_mb
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        state, actor = self._step_state, self.config.actor_rollout_ref.actor
+        if state is None:
+            return self._update_actor_rows(batch, metrics)
+        rows = state.mini_batch_rows or self._rows_per_mini_batch()
+        # real rows per mini-batch: the loss's seq-mean normalisers (mini_batch_counts)
+        write_mini_batch_counts(batch, dp_size=self._actor_dp_size(), mini_batch_rows=rows, shuffle=bool(actor.shuffle),
+                                seed=int(actor.data_loader_seed), epochs=int(actor.ppo_epochs), off_keys=set(state.off_keys))
+        with self._mini_batch_rows(rows):  # every path below, zero_adv_skip's fallback included, sees these mini-batches
+            batch = self._update_actor_rows(batch, metrics)
+        mean_metrics_from_sums(metrics, prefix="actor/")  # the loss's sums and counts -> means (loss.SUM_METRICS)
+        return batch
+
+    def _update_actor_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         state = self._step_state
         if state is None or state.mini_batch_rows is None:
             return super()._update_actor(batch, metrics)

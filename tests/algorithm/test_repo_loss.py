@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from repo_ext.algorithm.loss import LOSS_AGG_MODES, repo_policy_loss
+from repo_ext.algorithm.loss import LOSS_AGG_MODES, MAX_METRICS, SUM_KEYS, mean_metrics_from_sums, repo_policy_loss
 
 CLIP_LOW, CLIP_HIGH, CLIP_C = 0.2, 0.28, 3.0
 
@@ -103,12 +103,19 @@ def test_paper_weighting_with_one_side_empty(mode):
     only_off = make_batch(5, off_rows=range(7))
     loss, metrics = run(only_off, weighting="paper", off_policy_loss_coef=0.5, loss_agg_mode=mode)
     assert loss.item() == pytest.approx(expected_loss(only_off, mode, "paper", 0.5), rel=1e-12)
-    # a side without tokens reports nothing (verl averages a metric over the micro-batches reporting it)
-    assert "repo/on_policy_loss" not in metrics and "repo/on_clipfrac" not in metrics
+    # every micro-batch reports every key (verl's dp aggregation needs equal counts per rank) ...
+    assert set(SUM_KEYS) | set(MAX_METRICS) <= set(metrics)
+    assert metrics["repo/sum/on_tokens"] == 0 and metrics["repo/sum/on_loss_units"] == 0
+    # ... and a side without tokens has no mean (the mean of nothing is not 0)
+    means = mean_metrics_from_sums(dict(metrics))
+    assert "repo/on_policy_loss" not in means and "repo/on_clipfrac" not in means and "repo/off_clipfrac" in means
     only_on = make_batch(5, off_rows=())
-    loss, metrics = run(only_on, weighting="paper", off_policy_loss_coef=0.5, loss_agg_mode=mode)
+    loss, on_metrics = run(only_on, weighting="paper", off_policy_loss_coef=0.5, loss_agg_mode=mode)
     assert loss.item() == pytest.approx(expected_loss(only_on, mode, "paper", 0.5), rel=1e-12)
-    assert not any(key.startswith("repo/off_") and key != "repo/off_row_frac" for key in metrics)
+    assert set(on_metrics) == set(metrics)
+    means = mean_metrics_from_sums(dict(on_metrics))
+    assert not any(key.startswith("repo/off_") and key != "repo/off_row_frac" for key in means)
+    assert not any(key.startswith("repo/sum/") for key in means)
 
 
 # ---------------------------------------------------------------- gradient and metrics on a hand example
@@ -153,6 +160,7 @@ def test_gradient_reference_weighting():
 def test_metrics_by_hand():
     lp, old, adv, mask, off = hand_batch()
     _, metrics = repo_policy_loss(lp, old, adv, mask, off, weighting="paper", loss_agg_mode="token-mean")
+    metrics = mean_metrics_from_sums(metrics)
     expected = {
         "repo/on_policy_loss": -2.0,
         "repo/off_policy_loss": 0.375,
@@ -178,6 +186,7 @@ def test_nonzero_adv_row_frac_ignores_fully_masked_rows():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
     off = torch.tensor([False, False, True, True])
     _, metrics = repo_policy_loss(lp, lp, adv, mask, off)
+    metrics = mean_metrics_from_sums(metrics)
     # valid rows 0, 1, 2; row 2's non-zero advantage is on a masked token
     assert metrics["repo/nonzero_adv_row_frac"] == pytest.approx(1 / 3)
     assert metrics["repo/off_row_frac"] == pytest.approx(1 / 3)

@@ -107,5 +107,7 @@ def test_repo_loss_via_set_loss_fn_wrapper_uses_flags():
         estimators._CURRENT_ROWS.reset(token)
     # both rows clipped at 1.2: row losses -1.2 and 0.5 * -1.2; one mean over 2 rows
     assert loss.item() == pytest.approx((-1.2 - 0.6) / 2)
-    assert metrics["repo/off_clipfrac"] == pytest.approx(1.0)
+    from repo_ext.algorithm.loss import mean_metrics_from_sums
+
+    assert mean_metrics_from_sums(metrics)["repo/off_clipfrac"] == pytest.approx(1.0)
     assert isinstance(RePOLossFunction(None, RePOConfig()), RePOLossFunction)
