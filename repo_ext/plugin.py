@@ -4,7 +4,7 @@
 
 - the RePO advantage estimator ``repo_split`` and policy loss ``repo`` (``repo_ext.integration``);
 - the RePO trainer and the CPU platform / HF rollout (``repo_ext.cpu``), the latter only changing
-  behaviour when verl runs without an accelerator.
+  behaviour in a process that opted in with ``VERL_PLATFORM=cpu`` (``+preset=cpu`` sets it).
 
 verl 0.9.1 (verl/__init__.py) catches every exception a plugin raises and logs it at DEBUG level,
 so a broken plugin would vanish silently and a run would fail much later with "unknown advantage

@@ -3,8 +3,9 @@
 :func:`register` (called by the ``verl.plugins`` entry point ``repo_ext.plugin`` in every process
 that imports verl) registers:
 
-- the ``cpu`` platform with verl's ``PlatformRegistry`` (``repo_ext.cpu.platform``), picked by
-  verl's auto-detection when no accelerator platform is available, or by ``VERL_PLATFORM=cpu``;
+- the ``cpu`` platform with verl's ``PlatformRegistry`` (``repo_ext.cpu.platform``), selected only
+  by the opt-in ``VERL_PLATFORM=cpu``, which ``+preset=cpu`` sets in every process of a run
+  (``repo_ext.cpu.opt_in``); never by auto-detection;
 - when that platform is the one selected: FSDP engines for device ``cpu``, gloo-only process
   groups and unpinned CPU offload (``repo_ext.cpu.verl_workarounds``, each naming the verl code
   it works around). On a host with an accelerator none of these apply;
@@ -39,9 +40,9 @@ def _load_replica():
 
 
 def register() -> None:
-    """Register the CPU platform, its verl workarounds (CPU hosts only) and the ``hf_cpu`` rollout.
+    """Register the CPU platform, its verl workarounds (opted-in processes only) and the ``hf_cpu`` rollout.
 
-    Idempotent; cheap on hosts with an accelerator.
+    Idempotent; cheap in processes without the opt-in.
     """
     from repo_ext.cpu.platform import cpu_platform_selected, register_platform
 

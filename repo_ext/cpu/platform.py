@@ -3,13 +3,14 @@
 verl 0.9.1 reaches the device only through ``verl.plugin.platform.get_platform()`` (wrapped by
 ``verl.utils.device``). With no accelerator it falls back to "nvidia" (platform_manager.py
 ``_detect_platform_name``) and fails on the first ``torch.cuda`` call. :class:`PlatformCPU` is
-registered under the name ``cpu``; verl's auto-detection probes the built-in platforms first and
-picks ``cpu`` only when none of them is available, or when ``VERL_PLATFORM=cpu``.
+registered under the name ``cpu`` and is **opt-in**: verl selects it only with ``VERL_PLATFORM=cpu``
+(which ``+preset=cpu`` sets in the launching process and in every Ray worker, see
+``repo_ext.cpu.opt_in``). It never answers verl's auto-detection, so a process without the opt-in,
+e.g. the Ray head or task runner of a GPU cluster on a CPU-only node, gets verl's own choice.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import resource
 import types
@@ -108,32 +109,17 @@ def _make_device_module() -> types.ModuleType:
 cpu_device_module = _make_device_module()
 
 
-def _other_platform_available() -> bool:
-    """Whether any platform registered besides ``cpu`` detects its accelerator on this host."""
-    for name in PlatformRegistry.registered_names():
-        if name == CPU_PLATFORM_NAME:
-            continue
-        platform_cls = PlatformRegistry.get(name)
-        try:
-            if platform_cls is not None and platform_cls().is_platform_available(use_smi_check=True):
-                return True
-        except Exception:  # noqa: BLE001 - a broken probe means "not this platform", as in verl's own detection
-            continue
-    return False
+#: verl's platform override (verl/plugin/platform/platform_manager.py ``_detect_platform_name``)
+PLATFORM_ENV = "VERL_PLATFORM"
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_platform_selected() -> bool:
-    """Whether verl in this process will run on the ``cpu`` platform.
+    """Whether this process opted in to the ``cpu`` platform: ``VERL_PLATFORM=cpu``.
 
-    Mirrors verl's ``_detect_platform_name``: ``VERL_PLATFORM`` wins; otherwise ``cpu`` is chosen
-    when no other registered platform finds its accelerator. Every CPU-only change of verl's
-    behaviour in ``repo_ext.cpu`` is gated on this, so a GPU host sees stock verl.
+    Every CPU-only change of verl's behaviour in ``repo_ext.cpu`` is gated on this, so a process
+    without the opt-in sees stock verl, whatever hardware it runs on.
     """
-    env_platform = os.environ.get("VERL_PLATFORM", "").strip().lower()
-    if env_platform:
-        return env_platform == CPU_PLATFORM_NAME
-    return not _other_platform_available()
+    return os.environ.get(PLATFORM_ENV, "").strip().lower() == CPU_PLATFORM_NAME
 
 
 class PlatformCPU(PlatformBase):
@@ -160,10 +146,9 @@ class PlatformCPU(PlatformBase):
         return True
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        # verl probes registered platforms in registration order and takes the first available one;
-        # answering "available" only when no accelerator platform is keeps a later-registered
-        # accelerator plugin from being shadowed by this fallback.
-        return not _other_platform_available()
+        # verl's auto-detection (no VERL_PLATFORM) probes every registered platform: the CPU
+        # platform is opt-in only, so it never claims a process on its own.
+        return False
 
     def current_device(self) -> str:  # type: ignore[override]
         # verl moves tensors with `.to(get_device_id())`; an int would mean "cuda:<int>".

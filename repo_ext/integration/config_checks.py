@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from repo_ext.algorithm.config import RePOConfig
+from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, repo_config_from_algorithm
 
 #: bytes one stored response token takes (int32 id + float32 behaviour log-prob)
@@ -56,7 +57,7 @@ def check_repo_wiring(config: DictConfig, repo: RePOConfig) -> None:
         raise ValueError(
             f"{' and '.join(selected)} with trainer.v1.trainer_mode={trainer_mode}: that trainer has no replay "
             f"store, so algorithm.repo.strategy={repo.strategy} would never replay anything. Set "
-            f"trainer.v1.trainer_mode={repo_mode} (or launch with +algorithm=repo), or set "
+            f"trainer.v1.trainer_mode={repo_mode} (or launch with algorithm=repo), or set "
             "algorithm.repo.strategy=none to run these as plain GRPO."
         )
 
@@ -94,6 +95,110 @@ def check_repo_batch_settings(config: DictConfig, repo: RePOConfig) -> None:
         )
 
 
+#: actor strategies whose engine records and replays MoE routes (verl/workers/engine_workers.py
+#: reads ``actor.<strategy>.router_replay.mode`` for these only)
+ROUTER_REPLAY_STRATEGIES = ("megatron", "veomni")
+
+
+def check_verl_features(config: DictConfig, repo: RePOConfig) -> None:
+    """verl features that replayed rows cannot take part in (only when replay is on)."""
+    if repo.strategy == "none":
+        return
+    replay = f"algorithm.repo.strategy={repo.strategy}"
+    if config.algorithm.get("use_kl_in_reward", False):
+        raise ValueError(
+            f"algorithm.use_kl_in_reward=True with {replay}: verl subtracts a KL penalty computed from each "
+            "row's old log-probs from its reward, and on replayed rows those are the stored behaviour log-probs "
+            "of an older policy, so replayed rows would get a wrong penalty. Use the KL loss instead "
+            "(actor_rollout_ref.actor.use_kl_loss=True, algorithm.use_kl_in_reward=False), or set "
+            "algorithm.repo.strategy=none."
+        )
+    actor = config.actor_rollout_ref.actor
+    strategy = str(actor.get("strategy", "fsdp"))
+    if strategy in ROUTER_REPLAY_STRATEGIES:
+        mode = OmegaConf.select(actor, f"{strategy}.router_replay.mode", default="disabled")
+        if mode not in (None, "disabled"):
+            raise ValueError(
+                f"actor_rollout_ref.actor.{strategy}.router_replay.mode={mode} with {replay}: MoE router replay "
+                "replays the experts recorded for each row (routed_experts), and a replayed RePO row has no "
+                "recorded routes (they are not stored with the response). Set "
+                f"actor_rollout_ref.actor.{strategy}.router_replay.mode=disabled, or algorithm.repo.strategy=none."
+            )
+
+
+def repo_sync_trainer_settings(config: DictConfig) -> dict[str, Any]:
+    """The settings verl's sync trainer reads (``trainer.v1.sync``) for a RePO run.
+
+    The RePO trainer is verl's sync trainer, so after start-up the config says
+    ``trainer_mode=sync`` and verl reads ``trainer.v1.sync``; settings written under
+    ``trainer.v1.repo_sync`` (named after the mode the user selected) are laid over it here, so
+    they apply. Raises ValueError for ``parameter_sync_step`` other than 1: several local updates
+    per training step would replay and count rows per local update, which the RePO trainer does
+    not do.
+    """
+    v1 = config.trainer.v1
+    merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for section in ("sync", _repo_trainer_mode()):
+        values = v1.get(section, None)
+        if values is None:
+            continue
+        values = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values)
+        merged.update(values)
+        source.update({key: section for key in values})
+    step = merged.get("parameter_sync_step", 1)
+    if step is not None and int(step) != 1:
+        raise ValueError(
+            f"trainer.v1.{source['parameter_sync_step']}.parameter_sync_step={step}: the RePO trainer takes one "
+            "local update per training step (it injects replayed rows and fills the store once per step). "
+            "Use parameter_sync_step=1 and set the number of optimizer steps per training step with "
+            "data.train_batch_size / actor_rollout_ref.actor.ppo_mini_batch_size."
+        )
+    return merged
+
+
+def check_text_only_model(processor: Any, model_path: Any, repo: RePOConfig) -> None:
+    """Refuse a vision-language model (verl built a multi-modal processor for it) when replay is on.
+
+    Replayed rows are text rows with 1-D position ids (``replay_rows.build_replay_row``); a VLM's
+    rows carry image inputs and, with M-RoPE (``processor.get_rope_index``, e.g. Qwen2-VL), 3-D
+    position ids even for text prompts.
+    """
+    if repo.strategy == "none" or processor is None:
+        return
+    rope = ", M-RoPE position ids" if hasattr(processor, "get_rope_index") else ""
+    raise ValueError(
+        f"actor_rollout_ref.model.path={model_path} is a vision-language model (processor "
+        f"{type(processor).__name__}{rope}) and algorithm.repo.strategy={repo.strategy}: RePO replays text-only "
+        "rows with 1-D position ids. Use a text-only model, or algorithm.repo.strategy=none to train this "
+        "model without replay."
+    )
+
+
+def check_entry_point(config: DictConfig, repo: RePOConfig) -> None:
+    """Refuse RePO with replay under one of verl's experimental async entry points (``entry_points``)."""
+    if repo.strategy == "none":
+        return
+    entry = experimental_entry_point(config)
+    if entry is None:
+        return
+    selected = [
+        f"{name}={value}"
+        for name, value, repo_value in (
+            ("trainer.v1.trainer_mode", str(config.trainer.v1.get("trainer_mode", "sync")), _repo_trainer_mode()),
+            ("algorithm.adv_estimator", str(config.algorithm.adv_estimator), ADV_ESTIMATOR_NAME),
+            (
+                "actor_rollout_ref.actor.policy_loss.loss_mode",
+                str(config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")),
+                POLICY_LOSS_NAME,
+            ),
+        )
+        if value == repo_value
+    ]
+    if selected:
+        raise experimental_entry_point_error(entry, " and ".join(selected) + f" with algorithm.repo.strategy={repo.strategy}")
+
+
 class RePOLaunchCheck(Callback):
     """Hydra callback: run RePO's start-up checks in the launching process, before Ray starts.
 
@@ -110,9 +215,12 @@ class RePOLaunchCheck(Callback):
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         repo = repo_config_from_algorithm(config.algorithm)
+        check_entry_point(config, repo)
         check_repo_wiring(config, repo)
         if str(config.trainer.v1.get("trainer_mode", "sync")) == _repo_trainer_mode():
             check_repo_batch_settings(config, repo)
+            check_verl_features(config, repo)
+            repo_sync_trainer_settings(config)
 
 
 def _repo_trainer_mode() -> str:

@@ -31,6 +31,7 @@ from repo_ext.algorithm.advantages import group_advantages
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.loss import MAX_METRICS, SUM_KEYS, mean_metrics_from_sums, repo_policy_loss
 from repo_ext.integration.mini_batch_counts import MINI_BATCH_FIELD, NORM_ROWS_FIELD
+from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
 from repo_ext.integration.replay_rows import NORM_OFF_FIELD, NORM_ON_FIELD, OFF_POLICY_FIELD, split_uid
 from repo_ext.integration.zero_adv_skip import apply_carried_normalisers
 
@@ -52,7 +53,12 @@ def mark_repo_trainer_running() -> None:
 
 def _warn_once_without_trainer(strategy: str) -> None:
     global _warned_without_trainer
-    if _repo_trainer_running or _warned_without_trainer or strategy == "none":
+    if _repo_trainer_running or strategy == "none":
+        return
+    entry = experimental_entry_point()
+    if entry is not None:  # e.g. verl's fully-async trainer process: refuse, do not train plain GRPO
+        raise experimental_entry_point_error(entry, f"algorithm.adv_estimator={ADV_ESTIMATOR_NAME} with algorithm.repo.strategy={strategy}")
+    if _warned_without_trainer:
         return
     _warned_without_trainer = True
     logger.warning(

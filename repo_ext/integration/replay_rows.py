@@ -30,6 +30,11 @@ from repo_ext.algorithm.store import ReplayEntry
 #: from on-policy rows and builds its separate groups.
 OFF_POLICY_UID_SUFFIX = "::repo_replay"
 
+#: Session ids of replayed rows start here: the j-th replayed row of a prompt group is session
+#: ``REPLAY_SESSION_BASE + j``. On-policy rows are sessions 0 .. rollout.n - 1 (verl's agent loop),
+#: so a replayed row is recognisable by its session id alone.
+REPLAY_SESSION_BASE = 10_000
+
 OFF_POLICY_FIELD = "repo_off_policy"
 NORM_ON_FIELD = "repo_norm_on"
 NORM_OFF_FIELD = "repo_norm_off"
@@ -52,6 +57,25 @@ def split_uid(uid: str) -> tuple[str, bool]:
     if uid.endswith(OFF_POLICY_UID_SUFFIX):
         return uid[: -len(OFF_POLICY_UID_SUFFIX)], True
     return uid, False
+
+
+def replay_row_key(uid: str, j: int) -> str:
+    """TransferQueue key of the j-th replayed row of the group ``uid``.
+
+    verl's key format is ``{uid}_{session_id}_{index}`` with integer session id and index: the V1
+    trainer parses it (``rsplit("_", 2)`` and ``int``) when it dumps rollouts
+    (``trainer.rollout_data_dir``), validates and groups multi-output agent loops. A replayed row is
+    session ``REPLAY_SESSION_BASE + j``, output 0.
+    """
+    if j < 0:
+        raise ValueError(f"replayed row index must be >= 0, got {j}")
+    return f"{uid}_{REPLAY_SESSION_BASE + j}_0"
+
+
+def is_replay_row_key(key: str) -> bool:
+    """Whether a TQ key in verl's format was made by :func:`replay_row_key`."""
+    parts = key.rsplit("_", 2)
+    return len(parts) == 3 and parts[1].isdigit() and int(parts[1]) >= REPLAY_SESSION_BASE
 
 
 def _clone(value: Any) -> Any:

@@ -43,7 +43,7 @@ from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.loss import mean_metrics_from_sums
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration import estimators
-from repo_ext.integration.batch_layout import replay_batch_layout, row_multiple
+from repo_ext.integration.batch_layout import replay_batch_layout
 from repo_ext.integration.config_checks import check_repo_batch_settings, check_repo_wiring
 from repo_ext.integration.mini_batch_counts import write_mini_batch_counts
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, RePOLossFunction, repo_config_from_algorithm
@@ -56,6 +56,12 @@ from repo_ext.integration.replay_rows import (
     split_uid,
 )
 from repo_ext.integration.replay_health import replay_stall_reason
+from repo_ext.integration.config_checks import check_text_only_model, check_verl_features, repo_sync_trainer_settings
+from repo_ext.integration.old_log_prob_metrics import old_log_prob_metrics
+from repo_ext.integration.pass_layouts import pass_layouts, rows_multiple, worker_group_dp_size
+from repo_ext.integration.replay_counters import counters_extra, restore_counters
+from repo_ext.integration.replay_rows import REPLAY_SESSION_BASE, replay_row_key
+from repo_ext.integration.rollout_dump import mark_replayed_rows
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
 
 logger = logging.getLogger(__name__)
@@ -116,6 +122,8 @@ def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
         )
     check_repo_wiring(config, repo)
     check_repo_batch_settings(config, repo)
+    check_verl_features(config, repo)
+    repo_sync_trainer_settings(config)
 
 
 def is_distillation_on(config: DictConfig) -> bool:
@@ -186,11 +194,9 @@ class RePOTrainer(PPOTrainerSync):
         # verl's base trainer branches on ``trainer_mode == "sync"`` in several places (replay
         # buffer class, checkpoint TQ state, in-flight re-issue: trainer_base.py). RePO is a sync
         # trainer, so from here on the config says "sync"; the registry lookup already happened.
-        with open_dict(config):
-            sync_cfg = config.trainer.v1.get(TRAINER_MODE, None)
+        with open_dict(config):  # trainer.v1.repo_sync.* apply as verl's trainer.v1.sync.* (config_checks)
+            config.trainer.v1.sync = repo_sync_trainer_settings(config)
             config.trainer.v1.trainer_mode = "sync"
-            if sync_cfg is not None and config.trainer.v1.get("sync", None) is None:
-                config.trainer.v1.sync = sync_cfg
         super().__init__(config)
         estimators.mark_repo_trainer_running()
         self.repo_config = repo
@@ -213,6 +219,10 @@ class RePOTrainer(PPOTrainerSync):
 
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         self.actor_rollout_wg.set_loss_fn(RePOLossFunction(actor_config, self.repo_config))
+
+    def _init_tokenizer(self):
+        super()._init_tokenizer()  # the first thing verl's init() does: refuse a VLM before any worker starts
+        check_text_only_model(self.processor, self.config.actor_rollout_ref.model.path, self.repo_config)
 
     def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int) -> KVBatchMeta:
         self._step_state = _StepState()
@@ -277,8 +287,8 @@ class RePOTrainer(PPOTrainerSync):
             template_tag = batch.tags[key_index[template_key]]
             uid = str(template["uid"])
             for j, entry in enumerate(entries):
-                row = build_replay_row(template, entry, session_id=10_000 + j)
-                key = f"{uid}_repo{j}_0"
+                row = build_replay_row(template, entry, session_id=REPLAY_SESSION_BASE + j)
+                key = replay_row_key(uid, j)  # verl's {uid}_{session}_{index}: its rollout dump parses it
                 new_keys.append(key)
                 state.prompt_key_of[key] = pkey
                 new_rows.append(row)
@@ -391,15 +401,17 @@ class RePOTrainer(PPOTrainerSync):
 
         The forward pass skips replayed rows (their log-probs are known), which also keeps verl's
         rollout-vs-actor debug metrics about the on-policy rollout only. When the remaining rows
-        cannot be split evenly over the data-parallel ranks, all rows are computed and the replayed
-        rows overwritten.
+        cannot be split evenly over the data-parallel ranks, all rows are computed, the replayed
+        rows overwritten, and verl's metrics of this pass recomputed over the other rows
+        (``old_log_prob_metrics``).
         """
         state = self._step_state
         if state is None or not state.off_keys:
             return super()._compute_old_log_prob(batch, metrics)
         off = set(state.off_keys)
         keep = [i for i, key in enumerate(batch.keys) if key not in off]
-        if len(keep) % row_multiple(self._actor_dp_size(), [self._micro_batch_sizes()["old_log_prob"]]) == 0:
+        old_log_prob_pass = [layout for layout in self._pass_layouts() if layout.name == "old_log_prob"]
+        if len(keep) % rows_multiple(old_log_prob_pass) == 0:
             subset = KVBatchMeta(
                 keys=[batch.keys[i] for i in keep],
                 tags=[batch.tags[i] for i in keep],
@@ -409,7 +421,13 @@ class RePOTrainer(PPOTrainerSync):
             )
             super()._compute_old_log_prob(subset, metrics)
         else:
-            super()._compute_old_log_prob(batch, metrics)
+            super()._compute_old_log_prob(batch, {})  # its metrics would include replayed rows: recomputed
+            actor = self.config.actor_rollout_ref.actor
+            metrics.update(old_log_prob_metrics(
+                [batch.keys[i] for i in keep], batch.partition_id, loss_agg_mode=actor.loss_agg_mode,
+                loss_scale_factor=actor.loss_scale_factor,
+                with_rollout_log_probs=bool(self.config.actor_rollout_ref.rollout.calculate_log_probs),
+            ))
         rows = [
             {"old_log_probs": state.off_behaviour[key], "entropy": torch.zeros_like(state.off_behaviour[key])}
             for key in state.off_keys
@@ -421,10 +439,16 @@ class RePOTrainer(PPOTrainerSync):
         )
 
     def _actor_dp_size(self) -> int:
-        wg = self.actor_rollout_wg
-        if "actor" not in wg._dispatch_info:
-            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
-        return max(wg._dispatch_info["actor"]) + 1
+        return worker_group_dp_size(self.actor_rollout_wg, "actor")
+
+    def _pass_layouts(self):
+        """dp size and micro-batch size of each pass, each from its own worker group (pass_layouts)."""
+        return pass_layouts(
+            actor_wg=self.actor_rollout_wg,
+            ref_wg=self.ref_policy_wg if self.use_reference_policy else None,
+            ref_in_actor=bool(getattr(self, "ref_in_actor", False)),
+            micro_batch_sizes=self._micro_batch_sizes(),
+        )
 
     # ------------------------------------------------------------------ 4. advantage metrics
 
@@ -474,12 +498,12 @@ class RePOTrainer(PPOTrainerSync):
         # Replayed rows enlarge each mini-batch instead of adding mini-batches: the number of
         # optimizer steps per training step stays what the user configured (the paper replays into
         # the same optimizer step). Pad the batch to num_mb mini-batches of m rows, m a multiple of
-        # dp x every micro-batch size (batch_layout).
+        # every pass's dp x micro-batch size, each pass with its own worker group's dp (pass_layouts).
         num_mb, m = replay_batch_layout(
             len(state.on_keys),
             len(state.off_keys),
             rows_per_mini_batch=self._rows_per_mini_batch(),
-            multiple=row_multiple(dp_size, list(self._micro_batch_sizes().values())),
+            multiple=rows_multiple(self._pass_layouts()),
         )
         state.mini_batch_rows = m
         return m * num_mb
@@ -570,13 +594,20 @@ class RePOTrainer(PPOTrainerSync):
             )
         return super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
 
+    def _dump_generations(self, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path):
+        # verl's rollout dump (trainer.rollout_data_dir), with replayed rows marked (rollout_dump)
+        extra = mark_replayed_rows(reward_extra_infos_dict)
+        return super()._dump_generations(inputs, outputs, gts, scores, extra, dump_path)
+
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self):
         # into global_step_N/actor/ before verl saves the actor (so verl prunes and copies it with the
         # actor) and before verl writes its tracker file last (see store_checkpoint)
         step_dir = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        save_store_state(self.replay_store, step_dir, self.global_steps)
+        save_store_state(
+            self.replay_store, step_dir, self.global_steps, extra=counters_extra(self._total_injected, self._bad_rows)
+        )
         return super()._save_checkpoint()
 
     def _load_checkpoint(self):
@@ -584,7 +615,8 @@ class RePOTrainer(PPOTrainerSync):
         if self.global_steps <= 0:
             return
         step_dir = self._resumed_step_dir()
-        load_store_state(self.replay_store, step_dir, expected_step=self.global_steps)
+        extra = load_store_state(self.replay_store, step_dir, expected_step=self.global_steps)
+        self._total_injected, self._bad_rows = restore_counters(extra)  # run-long, not per process
         dump_dir = os.environ.get(DUMP_DIR_ENV)
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)

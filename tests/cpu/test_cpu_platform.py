@@ -1,5 +1,6 @@
-"""repo_ext.cpu registration: the cpu platform and its workarounds on a CPU host, and none of
-them when another platform is selected (what a GPU user sees)."""
+"""repo_ext.cpu registration: the cpu platform and its workarounds with the opt-in
+(``VERL_PLATFORM=cpu`` / ``+preset=cpu``), and none of them without it: verl's own platform choice,
+what a GPU user sees, also on a CPU-only node of a GPU cluster."""
 
 import json
 import os
@@ -24,27 +25,107 @@ def _run_python(code: str, **env) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_cpu_platform_is_auto_selected_with_engines_and_rollout_registered():
-    import verl  # noqa: F401 - loads the plugin
+def test_cpu_platform_with_the_opt_in_has_engines_and_rollout_registered():
+    out = _run_python(
+        """
+        import json, verl
+        from verl.plugin.platform import get_platform
+        from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, get_resource_name
+        from verl.workers.engine.base import EngineRegistry
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+        from verl.workers.rollout.base import get_rollout_class
+        from verl.workers.rollout.replica import get_rollout_replica_class
+        from repo_ext.cpu import register
+        from repo_ext.cpu.hf_rollout import HFRolloutReplica, HFServerAdapter
+        from repo_ext.cpu.platform import PlatformCPU
+
+        register()  # idempotent: a second call must not raise
+        engines = EngineRegistry._engines
+        print(json.dumps({
+            "platform": isinstance(get_platform(), PlatformCPU),
+            "device": [get_device_name(), get_device_id(), get_nccl_backend(), get_resource_name()],
+            "engines": all(
+                engines["language_model"][b]["cpu"] is FSDPEngineWithLMHead
+                and engines["value_model"][b]["cpu"] is FSDPEngineWithValueHead
+                for b in ("fsdp", "fsdp2")
+            ),
+            "rollout": get_rollout_class("hf_cpu", "async") is HFServerAdapter
+            and get_rollout_replica_class("hf_cpu") is HFRolloutReplica,
+        }))
+        """,
+        VERL_PLATFORM="cpu",
+    )
+    assert out == {"platform": True, "device": ["cpu", "cpu", "gloo", "GPU"], "engines": True, "rollout": True}
+
+
+_PLATFORM_PROBE = """
+    import json, verl
+    import verl.utils.distributed as dist
+    import verl.workers.engine.fsdp.transformer_impl as impl
     from verl.plugin.platform import get_platform
-    from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, get_resource_name
     from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
-    from verl.workers.rollout.base import get_rollout_class
-    from verl.workers.rollout.replica import get_rollout_replica_class
+    print(json.dumps({
+        "platform": type(get_platform()).__name__,
+        "device": get_platform().device_name,
+        "cpu_engine": "cpu" in EngineRegistry._engines["language_model"]["fsdp2"],
+        "pg_wrapped": getattr(dist.initialize_global_process_group_ray, "_repo_ext_cpu", False),
+        "offload_patched": getattr(impl.CPUOffloadPolicy, "_repo_ext_cpu", False),
+    }))
+    """
 
-    from repo_ext.cpu import register
-    from repo_ext.cpu.hf_rollout import HFRolloutReplica, HFServerAdapter
-    from repo_ext.cpu.platform import PlatformCPU
 
-    register()  # idempotent: a second call must not raise
-    assert isinstance(get_platform(), PlatformCPU)
-    assert (get_device_name(), get_device_id(), get_nccl_backend(), get_resource_name()) == ("cpu", "cpu", "gloo", "GPU")
-    for backend in ("fsdp", "fsdp2"):
-        assert EngineRegistry._engines["language_model"][backend]["cpu"] is FSDPEngineWithLMHead
-        assert EngineRegistry._engines["value_model"][backend]["cpu"] is FSDPEngineWithValueHead
-    assert get_rollout_class("hf_cpu", "async") is HFServerAdapter
-    assert get_rollout_replica_class("hf_cpu") is HFRolloutReplica
+def test_without_the_opt_in_verl_chooses_its_own_platform():
+    """No VERL_PLATFORM on a host without an accelerator (this one): the plugin loaded changes nothing;
+    verl's own choice is the one it makes with no plugin at all."""
+    with_plugin = _run_python(_PLATFORM_PROBE)
+    stock = _run_python(_PLATFORM_PROBE, VERL_USE_EXTERNAL_PLUGINS="none")
+    assert with_plugin == stock
+    assert with_plugin["platform"] != "PlatformCPU" and with_plugin["device"] != "cpu"
+    assert not (with_plugin["cpu_engine"] or with_plugin["pg_wrapped"] or with_plugin["offload_patched"])
+
+
+def test_preset_opts_in_every_process():
+    """``+preset=cpu``: Ray workers get VERL_PLATFORM=cpu through verl's runtime_env merge, and the
+    launching process (whose platform verl chose at import) is switched by the preset's callback
+    before verl's ``main`` runs ``auto_set_device``, which then keeps ``trainer.device=cpu``."""
+    out = _run_python(
+        """
+        import json, os
+        import verl.trainer.main_ppo  # verl picks the launcher's platform here, before Hydra
+        from hydra import compose, initialize_config_dir
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+        from verl.plugin.platform import get_platform
+        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+        from verl.utils.device import auto_set_device
+
+        before = type(get_platform()).__name__
+        config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            cfg = compose(config_name="ppo_trainer", overrides=["+preset=cpu"], return_hydra_config=True)
+        # what verl's run_ppo passes to ray.init
+        env = OmegaConf.merge(get_ppo_ray_runtime_env(cfg), cfg.ray_kwargs.ray_init.runtime_env).env_vars
+        for callback in cfg.hydra.callbacks.values():
+            if callback._target_.startswith("repo_ext.cpu.opt_in"):
+                instantiate(callback).on_job_start(config=cfg)
+        task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        auto_set_device(task)
+        print(json.dumps({
+            "before": before,
+            "after": type(get_platform()).__name__,
+            "ray_env": env.get("VERL_PLATFORM"),
+            "process_env": os.environ.get("VERL_PLATFORM"),
+            "device": task.trainer.device,
+        }))
+        """
+    )
+    assert out == {
+        "before": "PlatformCUDA",
+        "after": "PlatformCPU",
+        "ray_env": "cpu",
+        "process_env": "cpu",
+        "device": "cpu",
+    }
 
 
 def test_device_module_stands_in_for_torch_cuda():
@@ -101,6 +182,7 @@ def test_verl_process_group_is_gloo_and_offload_is_unpinned():
             "pin": CPUOffloadPolicy(pin_memory=True).pin_memory,
         }))
         """,
+        VERL_PLATFORM="cpu",
         RANK="0",
         WORLD_SIZE="1",
         MASTER_ADDR="127.0.0.1",

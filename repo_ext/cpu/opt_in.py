@@ -1,0 +1,54 @@
+"""Opting in to the ``cpu`` platform: ``VERL_PLATFORM=cpu`` in every process of a run.
+
+The CPU platform is never auto-detected (``repo_ext.cpu.platform``). A run opts in with either
+
+- ``VERL_PLATFORM=cpu`` in the launching shell: verl's own override; a local Ray cluster started
+  by the launcher inherits it; or
+- ``+preset=cpu`` (``repo_ext/config/preset/cpu.yaml``), which needs no environment variable:
+
+  - Ray workers (task runner, training workers, rollout, reward): the preset puts
+    ``VERL_PLATFORM: cpu`` into ``ray_kwargs.ray_init.runtime_env.env_vars``, which verl merges
+    into the runtime environment of ``ray.init`` (verl/trainer/main_ppo.py ``run_ppo``), so
+    every actor of the job starts with it, on a cluster started elsewhere too;
+  - the launching process: verl chose its platform when ``verl.trainer.main_ppo`` was imported,
+    before Hydra read the preset, and ``auto_set_device`` would then rewrite
+    ``trainer.device=cpu`` to that platform's device (and the task runner would refuse the
+    mismatch). The preset's Hydra callback :class:`CPUPlatformOptIn` runs before verl's ``main``
+    and switches this process to the CPU platform.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from repo_ext.cpu.platform import CPU_PLATFORM_NAME, PLATFORM_ENV, PlatformCPU
+
+
+def select_cpu_platform() -> None:
+    """Make this process run verl on the ``cpu`` platform (idempotent), even if verl chose before."""
+    from verl.plugin.platform import get_platform, set_platform
+
+    from repo_ext.cpu import verl_workarounds
+
+    os.environ[PLATFORM_ENV] = CPU_PLATFORM_NAME
+    if not isinstance(get_platform(), PlatformCPU):
+        set_platform(PlatformCPU())
+    verl_workarounds.apply()
+
+
+class CPUPlatformOptIn(Callback):
+    """Hydra callback of ``+preset=cpu``: the launching process opts in to the CPU platform.
+
+    Listed in the preset as::
+
+        hydra:
+          callbacks:
+            cpu_platform:
+              _target_: repo_ext.cpu.opt_in.CPUPlatformOptIn
+    """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        select_cpu_platform()
