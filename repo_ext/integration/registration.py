@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 
 def register() -> None:
     """Register ``repo_split``, ``repo`` and the ``repo_sync`` trainer. Idempotent."""
@@ -13,5 +15,10 @@ def register() -> None:
         core_algos.register_adv_est(estimators.ADV_ESTIMATOR_NAME)(estimators.compute_repo_split_advantage)
     core_algos.register_policy_loss(estimators.POLICY_LOSS_NAME)(estimators.compute_repo_policy_loss)
 
-    # the trainer module registers itself with verl's V1 trainer registry on import
-    from repo_ext.integration import trainer  # noqa: F401
+    # The trainer module registers itself with verl's V1 trainer registry on import. Importing it
+    # imports verl's engine package, which warns once per optional backend that is not installed
+    # (torchtitan, veomni, megatron, ...); a plain `import verl` does not, so in every process that
+    # imports verl those warnings would be ours.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* engine is not available")
+        from repo_ext.integration import trainer  # noqa: F401

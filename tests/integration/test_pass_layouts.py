@@ -1,5 +1,5 @@
 """Row multiples from each worker group's own data-parallel layout (fake worker groups that answer
-verl's dispatch-info query like verl's workers: one dp rank per worker)."""
+verl's dispatch-info query like verl's workers: the dp rank of each worker, per mesh)."""
 
 from __future__ import annotations
 
