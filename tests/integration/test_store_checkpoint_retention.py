@@ -71,6 +71,7 @@ def _trainer(local: Path, remote: Path | None, keep: int | None, copies_to_remot
     trainer.use_critic = False
     trainer.trainer_mode = "sync"
     trainer.replay_store = ReplayStore(max_cache_size=4, min_cache_to_replay=2)
+    trainer._total_injected, trainer._bad_rows = 0, {}  # counters saved with the store (as __init__ sets them)
     return trainer
 
 
