@@ -1,7 +1,7 @@
 """benchmarks/bench_repo_vs_grpo.py: its summaries and ratios by hand, and a 1-step smoke run.
 
 The smoke run is the script's ``main`` on the tiny model and tiny reward (repo_ext.cpu.tiny_run):
-two arms (GRPO, RePO recent_k), one step each, no held-out evaluation.
+two arms (verl's stock GRPO, RePO recent_k), one step each, no held-out evaluation.
 """
 
 from __future__ import annotations
@@ -75,29 +75,150 @@ def test_bad_arguments_name_the_setting(bench):
         bench.main(["--train-prompts", "3", "--prompts-per-step", "2"])
 
 
+def _dump_rows(uids, off, adv_rows, rewards):
+    import torch
+
+    return {
+        "uid": uids, "off_policy": off,
+        "advantages": [torch.tensor(a, dtype=torch.float32) for a in adv_rows],
+        # the reward sits on the last response token
+        "rm_scores": [torch.tensor([0.0, r]) for r in rewards],
+    }
+
+
+def test_prompt_steps_from_both_dumps_by_hand(bench, tmp_path):
+    import torch
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    # step 2: prompt a: on rows rewards 1, 0 (advantages +-0.7), replayed rows all-equal (0);
+    # prompt b: on rows both 0 (advantage 0), no replay
+    torch.save(_dump_rows(
+        ["a", "a", "a__off", "a__off", "b", "b"], [0, 0, 1, 1, 0, 0],
+        [[0.7, 0.7], [-0.7, -0.7], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [1.0, 0.0, 1.0, 1.0, 0.0, 0.0],
+    ), dump / "step_2.pt")
+    from repo_ext.integration.replay_rows import OFF_POLICY_UID_SUFFIX
+
+    raw = torch.load(dump / "step_2.pt", weights_only=False)
+    raw["uid"] = [u.replace("__off", OFF_POLICY_UID_SUFFIX) for u in raw["uid"]]
+    torch.save(raw, dump / "step_2.pt")
+    records = {r["group"]: r for r in bench.prompt_steps_from_repo_dump(dump)}
+    assert records["a"] == {"step": 2, "group": "a", "on_nonzero": 1, "off_nonzero": 0, "either_nonzero": 1, "reward": 0.5}
+    assert records["b"] == {"step": 2, "group": "b", "on_nonzero": 0, "off_nonzero": None, "either_nonzero": 0, "reward": 0.0}
+
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir()
+    lines = [{"uid": "u1_0_0", "score": 1.0}, {"uid": "u1_1_0", "score": 1.0}, {"uid": "u2_0_0", "score": 0.0},
+             {"uid": "u2_1_0", "score": 1.0}]
+    (rollouts / "3.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    records = {r["group"]: r for r in bench.prompt_steps_from_rollout_dump(rollouts)}
+    assert records["u1"]["on_nonzero"] == 0 and records["u1"]["reward"] == 1.0  # all equal: no gradient
+    assert records["u2"]["on_nonzero"] == 1 and records["u2"]["reward"] == 0.5 and records["u2"]["step"] == 3
+
+
+def _ps(step, on, off=None, reward=0.5):
+    return {"step": step, "group": f"g{step}", "on_nonzero": on, "off_nonzero": off,
+            "either_nonzero": int(on or bool(off)), "reward": reward}
+
+
+def test_estimates_by_hand(bench):
+    repo_ps = [_ps(2, 1, 0), _ps(2, 0, 1), _ps(3, 0, 0), _ps(3, 1, 1), _ps(1, 1)]  # step 1: no replay
+    base_ps = [_ps(2, 1), _ps(2, 0), _ps(3, 0), _ps(3, 0), _ps(4, 1)]
+    arms = {
+        "recent_k_skip": {"prompt_steps": repo_ps, "load_avg_mean": 1.0,
+                          "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 1, 12.0, 0), _row(3, 0.5, 0.5, 15.0, 0)],
+                          "heldout": {"correct": 5, "problems": 10}},
+        "stock_grpo": {"prompt_steps": base_ps, "load_avg_mean": 2.0,
+                       "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 10.0, 0), _row(3, 0, 0, 10.0, 0)]},
+    }
+    est = bench.estimates({"arms": arms, "replay_steps": [2, 3], "base_heldout": {"correct": 0, "problems": 10}},
+                          resamples=200)
+    assert est["baseline"] == "stock_grpo"
+    w = est["within_run"]["recent_k_skip"]
+    # replay steps 2-3: on 2 of 4, on-or-replayed 3 of 4
+    assert (w["prompt_steps"], w["on"]["estimate"], w["on_or_replayed"]["estimate"]) == (4, 0.5, 0.75)
+    assert w["ratio"]["estimate"] == pytest.approx(1.5)
+    # against stock GRPO's steps 2-3 (its step 4 is not a step RePO replayed in): 3/4 over 1/4
+    vs = est["vs_baseline"]["recent_k_skip"]
+    assert vs["prompt_steps"] == [4, 4] and vs["ratio"]["estimate"] == pytest.approx(3.0)
+    t = est["step_time"]["recent_k_skip"]
+    # per-step ratios 12/10 and 15/10; ratio of means 13.5 / 10
+    assert t["steps"] == 2 and t["per_step_ratio"]["median"] == pytest.approx(1.35)
+    assert t["ratio_of_means"]["estimate"] == pytest.approx(1.35) and t["load_avg"] == {"recent_k_skip": 1.0, "stock_grpo": 2.0}
+    assert est["heldout"]["recent_k_skip"]["low"] == pytest.approx(0.23660, abs=1e-5)
+    assert est["heldout"]["base model"]["high"] == pytest.approx(0.27753, abs=1e-5)
+    table = "\n".join(bench.estimates_markdown(est))
+    assert "| recent_k_skip | 4 | 0.500 [" in table and "| base model | 0 / 10 |" in table
+
+
+def test_plan_by_hand(bench):
+    calibration = {
+        "settings": {"prompts_per_step": 2, "samples": 2, "response_length": 10, "eval_max_new_tokens": 10},
+        "arms": {"grpo": {
+            "steps": [{"step": 2, "on_policy_rows": 4, "gen_s": 4.0, "old_log_prob_s": 2.0, "update_s": 8.0,
+                       "other_s": 1.0, "tokens_on_policy": 100.0, "tokens_trained": 100.0, "response_length_mean": 5.0}],
+            "startup_seconds": 30.0, "heldout": {"seconds": 20.0, "problems": 2}, "summary": {"peak_rss_gib": 3.0},
+            "load_avg_mean": 1.0,
+        }},
+    }
+    rates = bench.calibration_rates(calibration)
+    # gen 4 s / (4 rows x 10 tokens); old-lp 2/100 per token; update 8/100; prompt tokens 100/4 - 5 = 20
+    assert (rates["gen"], rates["old_log_prob"], rates["update"], rates["prompt_tokens"]) == (0.1, 0.02, 0.08, 20.0)
+    assert rates["eval"] == 1.0  # 20 s / (2 problems x 10 tokens)
+    args = bench.parse_args(["--arms", "stock_grpo,recent_k", "--steps", "3", "--train-prompts", "2", "--prompts-per-step", "2",
+                             "--samples", "2", "--response-length", "10", "--eval-problems", "1", "--eval-max-new-tokens", "10"])
+    s = bench.settings_from_args(args, ["stock_grpo", "recent_k"])
+    p = bench.plan(s, ["stock_grpo", "recent_k"], rates)
+    # per step: gen 0.1 x 4 x 10 = 4, old-lp 0.02 x 4 x 30 = 2.4, other 1, update 0.08 x 4 x 30 = 9.6
+    assert p["arms"]["stock_grpo"]["step_s"] == pytest.approx(17.0)
+    # stock: 30 start-up + 3 x 17 + eval 1 x 1 x 10
+    assert p["arms"]["stock_grpo"]["seconds"] == pytest.approx(30 + 51 + 10)
+    # recent_k replays in steps 2 and 3 (one epoch = 1 step): + 2 x 9.6
+    assert p["arms"]["recent_k"]["replay_steps"] == 2 and p["arms"]["recent_k"]["seconds"] == pytest.approx(91 + 19.2)
+
+
+def test_paper_question_preset_and_arm_overrides(bench, tmp_path):
+    args = bench.parse_args(["--preset", "paper-question", "--steps", "9"])
+    s = bench.settings_from_args(args, bench.parse_arms(args.arms))
+    assert (s.samples, s.prompts_per_step, s.model, s.eval_problems, s.steps) == (8, 4, "smollm2", 128, 9)  # flag wins
+    assert s.steps_of("stock_grpo") == 25 and s.steps_of("recent_k_skip") == 9 and s.eval_base
+    assert args.arms == "recent_k_skip,stock_grpo"
+    setup = bench.Setup(tmp_path / "m", tmp_path / "t.parquet", "pkg://r", 256)
+    repo = bench.arm_overrides(s, setup, "recent_k_skip", tmp_path / "run", save=True)
+    assert "algorithm.repo.skip_zero_advantage_rows=true" in repo and "algorithm.repo.num_replays=8" in repo
+    assert "algorithm.repo.min_cache_to_replay=8" in repo and "actor_rollout_ref.rollout.seed=0" in repo
+    stock = bench.arm_overrides(s, setup, "stock_grpo", tmp_path / "run", save=True)
+    assert stock[:3] == ["--config-name=repo_trainer", "+preset=cpu", "algorithm=grpo"]
+    assert not any(o.startswith("algorithm.repo.") for o in stock)
+    assert f"trainer.rollout_data_dir={tmp_path / 'run' / 'rollouts'}" in stock and "trainer.total_training_steps=25" in stock
+    with pytest.raises(SystemExit, match="--arm-steps"):
+        bench.parse_arm_steps("fifo=3", ["grpo"])
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
 def test_one_step_two_arms_on_the_tiny_model(bench, tmp_path):
     prompts, samples = 2, 2
     results = bench.main([
-        "--model", "tiny", "--arms", "grpo,recent_k", "--steps", "1", "--train-prompts", str(prompts),
+        "--model", "tiny", "--arms", "stock_grpo,recent_k", "--steps", "1", "--train-prompts", str(prompts),
         "--prompts-per-step", str(prompts), "--samples", str(samples), "--response-length", "16",
         "--skip-eval", "--out", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
         "--run-timeout", "280", "--rss-interval", "0.5",
     ])
     written = json.loads((tmp_path / "results" / "bench_repo_vs_grpo.json").read_text())
-    assert list(written["arms"]) == ["grpo", "recent_k"] == list(results["arms"])
+    assert list(written["arms"]) == ["stock_grpo", "recent_k"] == list(results["arms"])
     assert (tmp_path / "results" / "bench_repo_vs_grpo.png").stat().st_size > 10_000
     table = (tmp_path / "results" / "bench_repo_vs_grpo.md").read_text()
-    assert "| grpo | 1 |" in table and "| recent_k | 1 |" in table
-    for name in ("grpo", "recent_k"):
-        arm = written["arms"][name]
-        assert arm["overrides"][3] == f"algorithm.repo.strategy={'none' if name == 'grpo' else 'recent_k'}"
+    assert "| stock_grpo | 1 |" in table and "| recent_k | 1 |" in table
+    stock, repo = written["arms"]["stock_grpo"], written["arms"]["recent_k"]
+    assert stock["overrides"][2] == "algorithm=grpo" and repo["overrides"][3] == "algorithm.repo.strategy=recent_k"
+    assert repo["steps"][0]["on_policy_rows"] == prompts * samples and repo["steps"][0]["replayed_rows"] == 0
+    for name, arm in written["arms"].items():
         (row,) = arm["steps"]
         assert row["step"] == 1
-        assert row["on_policy_rows"] == prompts * samples and row["replayed_rows"] == 0  # empty store at step 1
         assert 0.0 <= row["reward_mean"] <= 1.0
-        # 2 prompts: the fraction of prompts with a non-zero advantage is 0, 1/2 or 1
+        # 2 prompts: the fraction of prompts with a non-zero advantage is 0, 1/2 or 1 (stock GRPO's
+        # from verl's rollout dump, RePO's from the trainer's metrics)
         assert row["nonzero_adv_frac_on"] in (0.0, 0.5, 1.0) and row["nonzero_adv_frac_all"] == row["nonzero_adv_frac_on"]
         assert row["nonzero_adv_frac_off"] is None
         phases = row["gen_s"] + row["old_log_prob_s"] + row["update_s"] + row["repo_store_s"]
@@ -107,8 +228,14 @@ def test_one_step_two_arms_on_the_tiny_model(bench, tmp_path):
         assert row["tokens_trained"] == row["tokens_on_policy"]  # nothing replayed
         # verl's driver, Ray's daemons and workers (each imports torch): well over 300 MiB together
         assert row["peak_rss_gib"] > 0.3 and not math.isnan(row["peak_rss_gib"])
-        assert arm["load_avg_mean"] is not None
-    assert written["arms"]["recent_k"]["steps"][0]["store_entries"] == prompts * samples
-    assert written["arms"]["grpo"]["steps"][0]["store_entries"] == 0
+        assert arm["load_avg_mean"] is not None and row["load_avg"] is not None
+        # one record per prompt, from the arm's rollout dump
+        assert len(arm["prompt_steps"]) == prompts and {r["step"] for r in arm["prompt_steps"]} == {1}
+        assert row["nonzero_adv_frac_on"] == sum(r["on_nonzero"] for r in arm["prompt_steps"]) / prompts
+    # same weights, data order and rollout seed: step 1 generates the same responses in both arms
+    assert stock["steps"][0]["tokens_on_policy"] == repo["steps"][0]["tokens_on_policy"]
+    assert sorted(r["reward"] for r in stock["prompt_steps"]) == sorted(r["reward"] for r in repo["prompt_steps"])
+    assert repo["steps"][0]["store_entries"] == prompts * samples
     assert written["replay_steps"] == []
     assert written["ratios"]["recent_k"]["step_time_ratio_all_steps"] > 0
+    assert written["estimates"]["baseline"] == "stock_grpo"
