@@ -62,6 +62,7 @@ from repo_ext.integration.pass_layouts import pass_layouts, rows_multiple, worke
 from repo_ext.integration.replay_counters import counters_extra, restore_counters
 from repo_ext.integration.replay_rows import REPLAY_SESSION_BASE, replay_row_key
 from repo_ext.integration.rollout_dump import mark_replayed_rows
+from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows, update_actor_skipping
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class RePOTrainer(PPOTrainerSync):
     def __init__(self, config: DictConfig):
         repo = repo_config_from_algorithm(config.algorithm)
         validate_trainer_config(config, repo)
+        skip_zero_adv_rows = resolve_skip_zero_advantage_rows(config, repo.skip_zero_advantage_rows)
         # verl's base trainer branches on ``trainer_mode == "sync"`` in several places (replay
         # buffer class, checkpoint TQ state, in-flight re-issue: trainer_base.py). RePO is a sync
         # trainer, so from here on the config says "sync"; the registry lookup already happened.
@@ -200,6 +202,7 @@ class RePOTrainer(PPOTrainerSync):
         super().__init__(config)
         estimators.mark_repo_trainer_running()
         self.repo_config = repo
+        self.skip_zero_adv_rows = skip_zero_adv_rows
         self.replay_store = ReplayStore(
             max_cache_size=repo.max_cache_size,
             min_cache_to_replay=repo.min_cache_to_replay,
@@ -523,6 +526,12 @@ class RePOTrainer(PPOTrainerSync):
 
     def _update_actor_rows(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         state = self._step_state
+        if self.skip_zero_adv_rows:  # zero-advantage rows leave the update (zero_adv_skip)
+            return update_actor_skipping(
+                self, batch, metrics, dp_size=self._actor_dp_size(), update=super()._update_actor,
+                rows_per_mini_batch=(state and state.mini_batch_rows) or self._rows_per_mini_batch(),
+                micro_batch_size=self._micro_batch_sizes()["update"],
+            )
         if state is None or state.mini_batch_rows is None:
             return super()._update_actor(batch, metrics)
         with self._mini_batch_rows(state.mini_batch_rows):

@@ -187,7 +187,19 @@ class SkipPlan:
     updated_tokens: int
     padding_rows: int
 
+    @staticmethod
+    def unskipped_metrics(valid_tokens: Sequence[int]) -> dict[str, float]:
+        """The metrics of an update that skipped nothing (every row with a valid token updated)."""
+        return {
+            "repo/skip_zero_adv_rows": 0.0,
+            "repo/skip_zero_adv_tokens": 0.0,
+            "repo/update_rows": float(sum(1 for t in valid_tokens if t > 0)),
+            "repo/update_tokens": float(sum(valid_tokens)),
+            "repo/skip_padding_rows": 0.0,
+        }
+
     def metrics(self) -> dict[str, float]:
+        """Per step: rows and tokens skipped, rows and tokens updated, padding rows added."""
         return {
             "repo/skip_zero_adv_rows": float(self.skipped_rows),
             "repo/skip_zero_adv_tokens": float(self.skipped_tokens),
@@ -441,10 +453,11 @@ def update_actor_skipping(
         row_multiple=row_multiple(dp_size, [micro_batch_size]),
         seq_lens=[int(tag.get("seq_len", 0)) for tag in batch.tags],
     )
-    metrics.update(plan.metrics())
     if len(plan.layout) >= len(batch.keys):  # nothing to gain: verl's own update, unchanged
+        metrics.update(SkipPlan.unskipped_metrics(valid_tokens))
         metrics["repo/skip_plan_s"] = time.perf_counter() - start
         return update(batch, metrics)
+    metrics.update(plan.metrics())
 
     template_rows = [{name: templates[k][name] for name in templates.keys()} for k in range(len(members))]
     pad_rows = layout_padding_rows(plan, template_rows, trainer.tokenizer.eos_token_id)
@@ -467,12 +480,14 @@ def update_actor_skipping(
     if kept:
         carried = [carried_normalisers(plan, plan.mini_batch_of[i]) for i in kept]
         tq.kv_batch_put(keys=[batch.keys[i] for i in kept], partition_id=pid, fields=list_of_dict_to_tensordict(carried))
-    tq.kv_batch_put(keys=pad_keys, partition_id=pid, fields=list_of_dict_to_tensordict(pad_rows), tags=pad_tags)
+    if pad_keys:
+        tq.kv_batch_put(keys=pad_keys, partition_id=pid, fields=list_of_dict_to_tensordict(pad_rows), tags=pad_tags)
     smaller = KVBatchMeta(keys=keys, tags=tags, partition_id=pid, fields=None, extra_info=dict(batch.extra_info or {}))
     metrics["repo/skip_plan_s"] = time.perf_counter() - start
     try:
         with _verl_mini_batch_rows(config, plan.rows_per_mini_batch):
             update(smaller, metrics)
     finally:
-        tq.kv_clear(keys=pad_keys, partition_id=pid)
+        if pad_keys:
+            tq.kv_clear(keys=pad_keys, partition_id=pid)
     return batch
