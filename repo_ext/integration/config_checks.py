@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
+from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, repo_config_from_algorithm
 
 #: bytes one stored response token takes (int32 id + float32 behaviour log-prob)
@@ -221,6 +222,8 @@ class RePOLaunchCheck(Callback):
             check_repo_batch_settings(config, repo)
             check_verl_features(config, repo)
             repo_sync_trainer_settings(config)
+            # algorithm.repo.skip_zero_advantage_rows=true where skipping would change the update (issue #14)
+            resolve_skip_zero_advantage_rows(config, repo.skip_zero_advantage_rows)
 
 
 def _repo_trainer_mode() -> str:

@@ -33,6 +33,13 @@ setting is a start-up error (:func:`resolve_skip_zero_advantage_rows`).
 
 The only difference left is float summation order: rows are grouped into different micro-batches,
 so per-micro-batch sums and gradient accumulation add the same terms in another order.
+
+Metrics. Per step: ``repo/skip_zero_adv_rows`` and ``repo/skip_zero_adv_tokens`` (left out),
+``repo/update_rows`` and ``repo/update_tokens`` (went through forward and backward),
+``repo/skip_padding_rows`` (2-token rows added) and ``repo/skip_plan_s`` (this module's own time,
+inside verl's ``timing_s/update_actor``, which therefore still times the whole update). The loss's
+own metrics (``actor/repo/*``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ...) describe the rows that
+went through the update; ``actor/pg_loss`` and ``actor/grad_norm`` are unchanged (skipped rows add 0).
 """
 
 from __future__ import annotations

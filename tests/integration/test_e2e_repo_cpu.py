@@ -38,6 +38,9 @@ def _overrides(model, train, out, steps, strategy="recent_k", extra=()):
         "algorithm.repo.min_cache_to_replay=2",
         "algorithm.repo.max_cache_size=4",
         "trainer.logger=[console,file]",
+        # the loss metrics checked here cover every row; with zero-advantage rows skipped (issue #14,
+        # zero_adv_skip) they cover the rows that went through the update
+        "algorithm.repo.skip_zero_advantage_rows=false",
         *extra,
     ]
     return ov

@@ -53,6 +53,9 @@ def _overrides(model, train, out: Path, steps: int, *, micro: int | None, extra=
         "algorithm.repo.max_cache_size=6",
         "trainer.logger=[console,file]",
         "trainer.max_actor_ckpt_to_keep=1",
+        # the loss metrics checked here cover every row; with zero-advantage rows skipped (issue #14,
+        # zero_adv_skip) they cover the rows that went through the update
+        "algorithm.repo.skip_zero_advantage_rows=false",
     ]
     if micro is not None:
         ov += [

@@ -420,3 +420,52 @@ def test_carried_normalisers_refuse_mixed_mini_batches():
     tu.assign_non_tensor(td, batch_num_tokens=3, global_batch_size=2)
     apply_carried_normalisers(td)
     assert (td["batch_num_tokens"], td["global_batch_size"]) == (5, 4)
+
+
+# ------------------------------------------------------------------------------------ composed configs
+
+_LAUNCH = [
+    "algorithm=repo",
+    "data.train_batch_size=4",
+    "data.max_response_length=16",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+]
+
+
+def _composed(*overrides):
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(config_name="ppo_trainer", overrides=[*_LAUNCH, *overrides])
+
+
+@pytest.mark.parametrize("strategy", ["recent_k", "none"])
+def test_launch_default_is_auto_and_skips(strategy):
+    """``algorithm=repo`` as launched (strategy=none: GRPO inside the RePO trainer) skips by default."""
+    from repo_ext.integration.config_checks import RePOLaunchCheck
+    from repo_ext.integration.estimators import repo_config_from_algorithm
+
+    cfg = _composed(f"algorithm.repo.strategy={strategy}")
+    repo = repo_config_from_algorithm(cfg.algorithm)
+    assert cfg.algorithm.repo.skip_zero_advantage_rows == "auto" and repo.skip_zero_advantage_rows == "auto"
+    RePOLaunchCheck().on_job_start(config=cfg)
+    assert resolve_skip_zero_advantage_rows(cfg, repo.skip_zero_advantage_rows) is True
+
+
+def test_launch_check_refuses_forced_skipping_with_kl_loss():
+    from repo_ext.integration.config_checks import RePOLaunchCheck
+    from repo_ext.integration.estimators import repo_config_from_algorithm
+
+    cfg = _composed("actor_rollout_ref.actor.use_kl_loss=True", "algorithm.repo.skip_zero_advantage_rows=true")
+    with pytest.raises(ValueError, match=r"skip_zero_advantage_rows=true .*actor_rollout_ref\.actor\.use_kl_loss=True"):
+        RePOLaunchCheck().on_job_start(config=cfg)
+    auto = _composed("actor_rollout_ref.actor.use_kl_loss=True")
+    RePOLaunchCheck().on_job_start(config=auto)
+    assert resolve_skip_zero_advantage_rows(auto, repo_config_from_algorithm(auto.algorithm).skip_zero_advantage_rows) is False
