@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from repo_ext.process_group import kill_process_group
+
 __all__ = [
     "DATA_SOURCE",
     "write_arithmetic_parquet",
@@ -146,19 +148,6 @@ def _tail(path: Path, chars: int = 6000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return "<no log>"
-
-
-def kill_process_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def run_main_ppo(
