@@ -261,12 +261,12 @@ def test_final_store_has_every_trained_row_once(fault_runs):
 
 def test_bad_rows_are_counted_and_never_stored(fault_runs):
     a, b = fault_runs["a"], fault_runs["b"]
+    truncated = 0  # the counters continue over the resume: run B restores them from checkpoint 2
     for run, steps in ((a, (1, 2)), (b, (3, 4))):
-        truncated = 0
-        for k, step in enumerate(steps, start=1):  # counters are per process: they restart at a resume
+        for step in steps:
             m = run["metrics"][step]
-            assert m["repo/bad_rows_nonfinite_reward"] == 2 * k  # 2 samples of the failing prompt per step
-            assert m["repo/bad_rows_duplicate_prompt_groups"] == k  # one duplicated prompt per batch
+            assert m["repo/bad_rows_nonfinite_reward"] == 2 * step  # 2 samples of the failing prompt per step
+            assert m["repo/bad_rows_duplicate_prompt_groups"] == step  # one duplicated prompt per batch
             rows = _rows(run["dump"], step)
             # cut at max_response_length: stored, and counted (rows with a failed reward are not stored)
             truncated += sum(
