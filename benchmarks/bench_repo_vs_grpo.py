@@ -129,9 +129,11 @@ PRESETS: dict[str, dict] = {
     # samples per step as the paper's scripts; 24 training prompts (an epoch is 6 steps); gate of 8 =
     # a prompt's second visit (the paper: 16, the third). RePO (with skipping) first: steps 7-56 replay,
     # 50 x 4 = 200 prompt-steps; then stock GRPO, 25 steps = 100 prompt-steps (76 in steps 7-25).
+    # Temperature 0.4: measured on 8 training prompts x 8 samples (96 tokens), 17% right and 4 of 8
+    # groups mixed; at 0.7 (64 tokens, 4 x 8) 6% right (docs/benchmarks.md, run 3).
     "paper-question": dict(
         arms="recent_k_skip,stock_grpo", model="smollm2", steps=56, arm_steps="stock_grpo=25",
-        train_prompts=24, prompts_per_step=4, samples=8, response_length=48, temperature=0.7,
+        train_prompts=24, prompts_per_step=4, samples=8, response_length=48, temperature=0.4,
         eval_problems=128, eval_max_new_tokens=48, eval_base=True, lr=2e-6, seed=0,
         out=str(REPO_ROOT / "benchmarks" / "results" / "paper_question"), work_dir="/tmp/bench_paper_question",
         run_timeout=4 * 3600.0,
@@ -331,9 +333,9 @@ class TreeSampler(threading.Thread):
     the machine's 1-minute load average; attributes each sample to the step that is running, i.e.
     the first step whose metrics line has not appeared yet in ``metrics_path``."""
 
-    def __init__(self, pid: int, metrics_path: Path, interval: float):
+    def __init__(self, pid: int, metrics_path: Path, interval: float, label: str = ""):
         super().__init__(daemon=True)
-        self.pid, self.metrics_path, self.interval = pid, metrics_path, interval
+        self.pid, self.metrics_path, self.interval, self.label = pid, metrics_path, interval, label
         self.stop_event = threading.Event()
         self.peak_rss: dict[int, int] = {}  # step -> bytes (step 0: start-up before step 1)
         self.step_seen_at: dict[int, float] = {}  # step -> seconds since start when its metrics appeared
@@ -366,6 +368,8 @@ class TreeSampler(threading.Thread):
             done = self._logged_steps()
             now = time.monotonic() - self.started
             for step in range(1, done + 1):
+                if step not in self.step_seen_at and self.label:  # progress, one line per step
+                    say(f"{self.label}: step {step} logged, {now:.0f} s since launch, load average {os.getloadavg()[0]:.1f}")
                 self.step_seen_at.setdefault(step, now)
             rss = self._tree_rss()
             running = done + 1
@@ -376,7 +380,9 @@ class TreeSampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
-def train_arm(overrides: list[str], run_dir: Path, timeout_s: float, interval: float) -> tuple[list[dict], TreeSampler, float]:
+def train_arm(
+    overrides: list[str], run_dir: Path, timeout_s: float, interval: float, label: str = ""
+) -> tuple[list[dict], TreeSampler, float]:
     from repo_ext.cpu.tiny_run import run_main_ppo
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -384,7 +390,7 @@ def train_arm(overrides: list[str], run_dir: Path, timeout_s: float, interval: f
     holder: dict[str, TreeSampler] = {}
 
     def start_sampler(proc: subprocess.Popen) -> None:
-        holder["sampler"] = TreeSampler(proc.pid, metrics_path, interval)
+        holder["sampler"] = TreeSampler(proc.pid, metrics_path, interval, label)
         holder["sampler"].start()
 
     try:
@@ -952,10 +958,11 @@ def calibration_rates(calibration: dict) -> dict:
 
     gen: s per on-policy row per response token allowed; old_log_prob: s per on-policy token;
     update: s per trained token; other: s per step; startup: s per run; eval: s per problem per
-    new token allowed; plus the run's prompt tokens per row and peak RSS.
+    new token allowed; plus the run's prompt tokens per row, the mean response length as a fraction
+    of the allowed length, and peak RSS.
     """
     cs = calibration["settings"]
-    gen, olp, upd, other, startup, evals, prompt_tokens, rss = [], [], [], [], [], [], [], []
+    gen, olp, upd, other, startup, evals, prompt_tokens, fill, rss = [], [], [], [], [], [], [], [], []
     for arm in calibration["arms"].values():
         for r in arm["steps"]:
             rows = r.get("on_policy_rows") or cs["prompts_per_step"] * cs["samples"]
@@ -966,6 +973,7 @@ def calibration_rates(calibration: dict) -> dict:
             upd.append(r["update_s"] / r["tokens_trained"])
             other.append(r["other_s"])
             prompt_tokens.append(r["tokens_on_policy"] / rows - (r.get("response_length_mean") or 0.0))
+            fill.append((r.get("response_length_mean") or cs["response_length"]) / cs["response_length"])
         if arm.get("startup_seconds"):
             startup.append(arm["startup_seconds"])
         if arm.get("heldout"):
@@ -976,15 +984,17 @@ def calibration_rates(calibration: dict) -> dict:
     return {"gen": float(np.median(gen)), "old_log_prob": float(np.median(olp)), "update": float(np.median(upd)),
             "other": float(np.median(other)), "startup": float(np.median(startup)) if startup else 60.0,
             "eval": float(np.median(evals)) if evals else None, "prompt_tokens": float(np.median(prompt_tokens)),
+            "response_fill": float(np.median(fill)),
             "peak_rss_gib": max(rss), "load": [a.get("load_avg_mean") for a in calibration["arms"].values()]}
 
 
 def plan(s: BenchSettings, arms: list[str], rates: dict) -> dict:
     """Expected seconds per arm: on-policy rows x (generation per allowed token + old-log-prob and
     update per token) + per-step overhead, RePO replay steps with twice the update rows (no row
-    skipped: an upper bound for the skipping arms), plus start-up and held-out evaluation."""
+    skipped: an upper bound for the skipping arms), plus start-up and held-out evaluation. Responses
+    fill the calibration run's share of the allowed length; generation runs to the full length."""
     on_rows = s.prompts_per_step * s.samples
-    row_tokens = rates["prompt_tokens"] + s.response_length  # upper bound: every response at full length
+    row_tokens = rates["prompt_tokens"] + rates["response_fill"] * s.response_length
     replay = set(replay_steps_of(s))
     eval_s = (rates["eval"] or 0.0) * s.eval_problems * s.eval_max_new_tokens
     out = {"arms": {}, "replay_steps": sorted(replay)}
@@ -1064,7 +1074,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides = arm_overrides(s, setup, arm, run_dir, save=not args.skip_eval)
         load_before = os.getloadavg()
         say(f"arm {arm}: training ({steps} steps); verl log {run_dir / 'train.log'}")
-        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval)
+        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval, label=f"arm {arm}")
         rows = step_rows(records, sampler)
         if len(rows) != steps:
             raise SystemExit(f"arm {arm}: verl logged {len(rows)} steps, expected {steps}; see {run_dir / 'train.log'}")

@@ -162,19 +162,22 @@ def test_plan_by_hand(bench):
         }},
     }
     rates = bench.calibration_rates(calibration)
-    # gen 4 s / (4 rows x 10 tokens); old-lp 2/100 per token; update 8/100; prompt tokens 100/4 - 5 = 20
+    # gen 4 s / (4 rows x 10 tokens); old-lp 2/100 per token; update 8/100; prompt tokens 100/4 - 5 = 20;
+    # responses fill 5 of 10 allowed tokens
     assert (rates["gen"], rates["old_log_prob"], rates["update"], rates["prompt_tokens"]) == (0.1, 0.02, 0.08, 20.0)
     assert rates["eval"] == 1.0  # 20 s / (2 problems x 10 tokens)
+    assert rates["response_fill"] == 0.5
     args = bench.parse_args(["--arms", "stock_grpo,recent_k", "--steps", "3", "--train-prompts", "2", "--prompts-per-step", "2",
                              "--samples", "2", "--response-length", "10", "--eval-problems", "1", "--eval-max-new-tokens", "10"])
     s = bench.settings_from_args(args, ["stock_grpo", "recent_k"])
     p = bench.plan(s, ["stock_grpo", "recent_k"], rates)
-    # per step: gen 0.1 x 4 x 10 = 4, old-lp 0.02 x 4 x 30 = 2.4, other 1, update 0.08 x 4 x 30 = 9.6
-    assert p["arms"]["stock_grpo"]["step_s"] == pytest.approx(17.0)
-    # stock: 30 start-up + 3 x 17 + eval 1 x 1 x 10
-    assert p["arms"]["stock_grpo"]["seconds"] == pytest.approx(30 + 51 + 10)
-    # recent_k replays in steps 2 and 3 (one epoch = 1 step): + 2 x 9.6
-    assert p["arms"]["recent_k"]["replay_steps"] == 2 and p["arms"]["recent_k"]["seconds"] == pytest.approx(91 + 19.2)
+    # a row: 20 prompt + 0.5 x 10 response tokens = 25; generation at the full 10 tokens
+    # per step: gen 0.1 x 4 x 10 = 4, old-lp 0.02 x 4 x 25 = 2, other 1, update 0.08 x 4 x 25 = 8
+    assert p["arms"]["stock_grpo"]["step_s"] == pytest.approx(15.0)
+    # stock: 30 start-up + 3 x 15 + eval 1 x 1 x 10
+    assert p["arms"]["stock_grpo"]["seconds"] == pytest.approx(30 + 45 + 10)
+    # recent_k replays in steps 2 and 3 (one epoch = 1 step): + 2 x 8
+    assert p["arms"]["recent_k"]["replay_steps"] == 2 and p["arms"]["recent_k"]["seconds"] == pytest.approx(85 + 16)
 
 
 def test_paper_question_preset_and_arm_overrides(bench, tmp_path):
