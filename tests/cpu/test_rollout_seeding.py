@@ -8,8 +8,6 @@ import asyncio
 import hashlib
 from collections import defaultdict
 
-import pytest
-
 from repo_ext.cpu.hf_rollout import request_seed, sample_identity
 
 PROMPTS = [[1, 87, 85, 262, 201], [1, 67, 85, 85, 260, 86, 263, 86, 201, 5, 9], [1, 40]]
