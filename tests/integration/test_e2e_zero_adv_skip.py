@@ -1,0 +1,120 @@
+"""Skipping zero-advantage rows end to end on CPU: the same weights as without skipping.
+
+Two 2-step RePO runs of the tiny model (stock ``main_ppo``, ``+preset=cpu``), identical but for
+``algorithm.repo.skip_zero_advantage_rows`` (true / false): same seeds, and the same rollouts
+because the ``hf_cpu`` server seeds each sample's sampling from the rollout seed, the step and the
+sample's prompt. Step 2 replays (gate 2, 2 replays per prompt). The reward (response length
+divisible by 3, 0 or 1) gives many all-equal groups, so both steps have zero-advantage rows.
+The final actor weights must agree within the tolerance justified in ``test_zero_adv_skip``
+(float summation order only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from repo_ext.cpu.tiny_run import run_main_ppo, tiny_grpo_overrides, write_arithmetic_parquet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+RUN_TIMEOUT_S = 180
+ATOL, RTOL = 1e-6, 1e-5
+STEPS = 2
+LR = 1e-3  # tiny_grpo_overrides' actor learning rate
+
+REWARD = '''
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    return float(len(solution_str) % 3 == 0)
+'''
+
+
+def _run(tmp: Path, model: Path, train: Path, skip: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    name = "skip" if skip else "noskip"
+    out = tmp / name
+    reward = tmp / "ties_reward.py"
+    overrides = tiny_grpo_overrides(model, train, out, steps=STEPS, prompts_per_step=4, samples_per_prompt=2)
+    overrides = [o for o in overrides if not o.startswith(("algorithm.adv_estimator", "reward.custom_reward_function.path"))]
+    overrides += [
+        "algorithm=repo",
+        "algorithm.repo.strategy=recent_k",
+        "algorithm.repo.num_replays=2",
+        "algorithm.repo.min_cache_to_replay=2",
+        "algorithm.repo.max_cache_size=4",
+        f"algorithm.repo.skip_zero_advantage_rows={str(skip).lower()}",
+        f"reward.custom_reward_function.path={reward}",
+        "actor_rollout_ref.actor.optim.weight_decay=0.01",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",  # small micro-batches: step 1 skips too
+        f"trainer.save_freq={STEPS}",
+        "trainer.logger=[console,file]",
+    ]
+    metrics_path = tmp / f"{name}.jsonl"
+    run_main_ppo(overrides, timeout_s=RUN_TIMEOUT_S, log_path=tmp / f"{name}.log", env={"VERL_FILE_LOGGER_PATH": str(metrics_path)})
+    metrics = {rec["step"]: rec["data"] for rec in map(json.loads, metrics_path.read_text().splitlines())}
+    shard = out / "checkpoints" / f"global_step_{STEPS}" / "actor" / "model_world_size_1_rank_0.pt"
+    state = torch.load(shard, map_location="cpu", weights_only=False)
+    weights = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).float() for k, v in state.items()}
+    return metrics, weights
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from repo_ext.assets.tiny_model import build_tiny_model
+
+    tmp = tmp_path_factory.mktemp("zero_adv_skip_e2e")
+    (tmp / "ties_reward.py").write_text(REWARD)
+    model = build_tiny_model(tmp / "tiny", seed=0)
+    train = write_arithmetic_parquet(tmp / "train.parquet", num_prompts=4)
+    from safetensors.torch import load_file
+
+    return {
+        "skip": _run(tmp, model, train, skip=True),
+        "noskip": _run(tmp, model, train, skip=False),
+        "initial": {k: v.float() for k, v in load_file(str(Path(model) / "model.safetensors")).items()},
+    }
+
+
+def test_same_rollouts_and_rows_were_skipped(runs):
+    skip, _ = runs["skip"]
+    noskip, _ = runs["noskip"]
+    assert sorted(skip) == sorted(noskip) == list(range(1, STEPS + 1))
+    for step in skip:
+        # same rollouts: the same rewards and the same replay in both runs
+        for key in ("critic/score/mean", "repo/replayed_rows", "repo/nonzero_adv_group_frac_all"):
+            assert skip[step][key] == pytest.approx(noskip[step][key], abs=1e-9), (step, key)
+        assert "repo/skip_zero_adv_rows" not in noskip[step]
+        assert skip[step]["repo/update_rows"] + skip[step]["repo/skip_zero_adv_rows"] == (
+            skip[step]["repo/on_policy_rows"] + skip[step]["repo/replayed_rows"]
+        )
+    assert skip[STEPS]["repo/replayed_rows"] > 0
+    assert sum(skip[s]["repo/skip_zero_adv_rows"] for s in skip) > 0
+    assert sum(skip[s]["repo/update_rows"] for s in skip) > 0
+
+
+def test_same_gradient_norms_and_weights_with_and_without_skipping(runs):
+    """The gradient is the same (the norm gradient clipping sees, per step: a wrong normaliser or a
+    wrong mini-batch would scale or change it), and so are the weights after AdamW.
+
+    Weights: float summation order changes a gradient by ~1e-7 relative, which AdamW's first steps
+    pass on as ~lr * 1e-7 for all but near-zero gradients. For an element whose gradient is at the
+    float-noise level (|g| ~ AdamW's eps 1e-8, e.g. a nearly cancelling embedding row) the update
+    g / (|g| + eps) is ill-conditioned and may move it by up to ~lr per step in either run. So: all
+    but 0.1% of the elements within atol 1e-6 / rtol 1e-5, every element within 2 * lr * steps.
+    """
+    skip, with_skip = runs["skip"]
+    noskip, without = runs["noskip"]
+    for step in noskip:
+        assert skip[step]["actor/grad_norm"] == pytest.approx(noskip[step]["actor/grad_norm"], rel=RTOL), step
+    assert with_skip.keys() == without.keys()
+    moved = max(float((without[k] - v).abs().max()) for k, v in runs["initial"].items() if k in without)
+    assert moved > 1e-4  # training changed the weights (so equal weights mean an equal update)
+    total = outside = 0
+    for name in without:
+        diff = (with_skip[name] - without[name]).abs()
+        assert float(diff.max()) <= 2 * LR * STEPS, name
+        outside += int((diff > ATOL + RTOL * without[name].abs()).sum())
+        total += diff.numel()
+    assert outside <= 1e-3 * total, f"{outside} of {total} weights differ by more than atol {ATOL} / rtol {RTOL}"
