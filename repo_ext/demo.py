@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from repo_ext.cpu.tiny_run import kill_process_group
+# Only light imports here: this process waits on verl for the whole run, and everything it imports
+# (verl, torch, pandas) would sit in memory all that time (~0.4 GiB).
+from repo_ext.process_group import kill_process_group
 
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
@@ -35,6 +39,12 @@ PRESETS = {
     "default": dict(steps=8, train_prompts=16, prompts_per_step=8, samples=4, response_length=64, eval_problems=32),
     "long": dict(steps=40, train_prompts=32, prompts_per_step=8, samples=8, response_length=128, eval_problems=100),
 }
+
+
+# Free memory (GiB, MemAvailable) each preset needs: the peak PSS summed over the run's processes
+# (benchmarks/bench_memory.py, docs/cpu.md) plus 0.5 GiB. Measured: quick 8.00 GiB. Estimated, not
+# measured: default (same micro-batches, twice the rows per step) and long (twice the tokens per row).
+REQUIRED_GIB = {"quick": 8.5, "default": 9.0, "long": 10.0}
 
 
 @dataclass
@@ -58,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train RePO on SmolLM2-135M-Instruct with easy arithmetic on CPU, evaluate before/after, plot.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="run size (default: ~30 min on 2 cores)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="run size (quick: 8.9 min measured on 2 cores)")
     parser.add_argument("--steps", type=int, help="training steps (overrides the preset)")
     parser.add_argument("--train-prompts", type=int, help="prompts in the training set")
     parser.add_argument("--prompts-per-step", type=int, help="prompts per training step (data.train_batch_size)")
@@ -75,7 +85,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="an HF model folder to train instead of SmolLM2-135M-Instruct")
     parser.add_argument("--skip-eval", action="store_true", help="skip the before/after evaluations")
     parser.add_argument("--train-timeout", type=float, default=3600.0, help="seconds before the training run is stopped")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads for evaluation, rollout and training; unset: the cores other work leaves free (free_cores)",
+    )
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="an extra Hydra override for verl's main_ppo, applied after the demo's own (repeatable)",
+    )
+    parser.add_argument(
+        "--skip-memory-check", action="store_true",
+        help="start even when /proc/meminfo's MemAvailable is below what the preset needs (REQUIRED_GIB)",
+    )
     return parser
+
+
+def available_memory_gib(meminfo: str | None = None) -> float | None:
+    """MemAvailable from ``/proc/meminfo`` (or the given text of it) in GiB; None where there is none."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+    for line in meminfo.splitlines():
+        name, _, value = line.partition(":")
+        if name == "MemAvailable":
+            return int(value.split()[0]) / 1024**2  # kB
+    return None
+
+
+def free_cores(cpu_count: int, load_1min: float) -> int:
+    """Cores that other work leaves free: ``cpu_count`` minus the 1-minute load average, rounded, >= 1.
+
+    OpenMP threads that outnumber the free cores wait for each other at every barrier: on this
+    2-core machine with a load average of 6, evaluation generated 3.4 tokens/s with 2 threads (48 on
+    the idle machine); see docs/cpu.md. On an idle machine this is every core.
+    """
+    return max(1, min(cpu_count, round(cpu_count - load_1min)))
+
+
+def check_memory(preset: str, available_gib: float | None) -> None:
+    """Stop with a message when ``available_gib`` is below what ``preset`` needs (Ray's OOM killer
+    would otherwise stop the run minutes later); names the presets that fit."""
+    if available_gib is None:
+        return
+    needed = REQUIRED_GIB[preset]
+    if available_gib >= needed:
+        return
+    fitting = [name for name, gib in sorted(REQUIRED_GIB.items(), key=lambda kv: kv[1]) if gib <= available_gib]
+    advice = (
+        f"--preset {fitting[-1]} fits ({REQUIRED_GIB[fitting[-1]]:.1f} GiB): make demo DEMO_ARGS=\"--preset {fitting[-1]}\""
+        if fitting
+        else f"no preset fits; the smallest, --preset quick, needs {REQUIRED_GIB['quick']:.1f} GiB: close other programs"
+    )
+    raise SystemExit(
+        f"make demo --preset {preset} needs about {needed:.1f} GiB of free memory, this machine has "
+        f"{available_gib:.1f} GiB available (MemAvailable in /proc/meminfo). {advice}. "
+        f"(--skip-memory-check starts anyway.)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -124,9 +191,10 @@ def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out
         f"actor_rollout_ref.rollout.n={s.samples}",
         f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
-        # 8 rows per forward/backward keeps the actor near 5 GiB with SmolLM2's 49k-token vocabulary
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 8)}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 8)}",
+        # 4 rows per forward/backward: with SmolLM2's 49k-token vocabulary the logits dominate; a plain
+        # AdamW loop on 126-token rows peaked at 2.12 GiB PSS with 4 rows, 2.77 with 8 (docs/cpu.md)
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 4)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 4)}",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
@@ -179,13 +247,29 @@ def _fatal_in_log(log_path: Path) -> str | None:
     return None
 
 
-def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -> dict[int, dict]:
+# glibc malloc: 2 arenas instead of 8 per core, and freed blocks above 1 MiB go back to the system.
+# A training loop of SmolLM2-135M (AdamW, 8 x 126 tokens) measured 2.23 GiB PSS at its peak and 1.87
+# after the step, against 2.77 and 2.77 without (docs/cpu.md). Inherited by every Ray worker.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+
+
+def write_data(s: DemoSettings, folder: Path) -> tuple[Path, Path]:
+    """The train prompts and the disjoint held-out problems as verl parquet files."""
+    from repo_ext.data import load_rows, write_parquet
+
+    train_file = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), folder / "train.parquet")
+    val_file = write_parquet(load_rows("arithmetic_test", limit=s.eval_problems, seed=s.seed), folder / "test.parquet")
+    return train_file, val_file
+
+
+def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float, threads: int) -> dict[int, dict]:
     """Run verl's main_ppo in its own process group; print a line per step from its metrics file."""
     metrics_path = out / "metrics.jsonl"
     log_path = out / "train.log"
     metrics_path.unlink(missing_ok=True)
+    # OMP_NUM_THREADS reaches every Ray worker (Ray sets it only where it is unset): the actor's threads
     env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(metrics_path), PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(threads), **MALLOC_ENV)
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
     say("$ " + " ".join(cmd))
     say(f"verl's full log: {log_path}")
@@ -228,10 +312,11 @@ def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float) -
     return metrics
 
 
-def evaluate(model: Path, out_json: Path, s: DemoSettings, label: str) -> dict:
+def evaluate(model: Path, out_json: Path, s: DemoSettings, label: str, threads: int) -> dict:
     cmd = [
         sys.executable, "-m", "repo_ext.evaluate",
         "--model", str(model),
+        "--threads", str(threads),
         "--benchmarks", "arithmetic_test",
         "--limit", str(s.eval_problems),
         "--max-new-tokens", str(s.eval_max_new_tokens),
@@ -277,39 +362,48 @@ def plot(metrics: dict[int, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = settings_from_args(args)
+    if not args.skip_memory_check:
+        check_memory(args.preset, available_memory_gib())
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     say(f"settings: {asdict(s)}; output folder {out}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads={args.threads} must be >= 1")
+    cores = os.cpu_count() or 1
+    threads = args.threads or free_cores(cores, os.getloadavg()[0])
+    say(f"torch threads: {threads} ({cores} cores, load average {os.getloadavg()[0]:.1f}{'' if args.threads else '; --threads to choose'})")
 
-    say("[1/6] model")
-    if args.model:
-        model = Path(args.model).resolve()
-    else:
-        from repo_ext.assets.smollm2 import build_smollm2
+    # steps 1-2 in a child process: transformers (a first model build), reasoning-gym and pandas
+    # would otherwise stay in this process's memory while verl trains
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        say("[1/6] model")
+        if args.model:
+            model = Path(args.model).resolve()
+        else:
+            from repo_ext.assets.smollm2 import build_smollm2
 
-        model = build_smollm2()
-    say(f"model folder: {model}")
+            model = pool.submit(build_smollm2).result()
+        say(f"model folder: {model}")
 
-    say("[2/6] data: reasoning-gym chain sums (train) and a disjoint held-out set")
-    from repo_ext.data import load_rows, write_parquet
-
-    train_file = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), out / "data" / "train.parquet")
-    val_file = write_parquet(load_rows("arithmetic_test", limit=s.eval_problems, seed=s.seed), out / "data" / "test.parquet")
+        say("[2/6] data: reasoning-gym chain sums (train) and a disjoint held-out set")
+        train_file, val_file = pool.submit(write_data, s, out / "data").result()
     say(f"train {train_file} ({s.train_prompts} prompts), held-out {val_file}")
 
     before = after = None
     if not args.skip_eval:
         say("[3/6] evaluation before training")
-        before = evaluate(model, out / "eval_before.json", s, "the base model")
+        before = evaluate(model, out / "eval_before.json", s, "the base model", threads)
 
     say(f"[4/6] RePO training: {s.steps} steps x {s.prompts_per_step} prompts x {s.samples} samples (+ up to {s.samples} replayed per prompt)")
-    metrics = train(training_overrides(s, model, train_file, val_file, out), out, s.steps, args.train_timeout)
+    overrides = training_overrides(s, model, train_file, val_file, out)
+    overrides += [f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.num_threads={threads}", *args.override]
+    metrics = train(overrides, out, s.steps, args.train_timeout, threads)
     checkpoint = out / "checkpoints" / f"global_step_{s.steps}"
 
     if not args.skip_eval:
         say("[5/6] evaluation after training")
-        after = evaluate(checkpoint, out / "eval_after.json", s, f"the checkpoint {checkpoint}")
+        after = evaluate(checkpoint, out / "eval_after.json", s, f"the checkpoint {checkpoint}", threads)
 
     say("[6/6] plot")
     plot_path = out / "repo_demo.png"
