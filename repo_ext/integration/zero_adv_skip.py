@@ -295,13 +295,14 @@ def _split_over_ranks(
 def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
     """A 2-token row (one prompt, one response token) with a zero response mask, from a real row.
 
-    Every field of ``template`` is kept (TransferQueue returns only fields every row has):
-    sequence fields are rebuilt, response-length fields become one zero, everything else (flags,
-    per-row normalisers of the template's mini-batch) is copied. A sequence-length field this
-    function does not know is an error, not a silent mis-shaped row.
+    Every field of ``template`` is kept (TransferQueue returns only fields every row has): the
+    token fields are rebuilt, other prompt- or response-length fields become one zero, other
+    whole-sequence fields (e.g. the engine's ``log_probs``) two zeros, everything else (flags,
+    per-row normalisers of the template's mini-batch) is copied.
     """
     from verl.trainer.ppo.padding_utils import build_padding_position_ids, build_padding_routed_experts
 
+    prompt_len = int(template["prompts"].shape[0])
     response_len = int(template["responses"].shape[0])
     seq_len = int(template["input_ids"].shape[0])
     ids = torch.full((PADDING_SEQ_LEN,), int(eos_token_id), dtype=torch.int64)
@@ -324,16 +325,11 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
     for name, value in template.items():
         if name in rebuilt:
             row[name] = rebuilt[name]
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
-            if value.shape[0] == response_len:
-                row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
-            elif value.shape[0] == seq_len:
-                raise ValueError(
-                    f"cannot build a padding row: field {name!r} has the sequence's length ({seq_len}) and no known "
-                    f"padding form; set {SETTING}=false"
-                )
-            else:
-                row[name] = value.clone()
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] in (prompt_len, response_len):
+            row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == seq_len:
+            # e.g. the engine's whole-sequence ``log_probs`` from the old-log-prob pass
+            row[name] = torch.zeros((PADDING_SEQ_LEN, *value.shape[1:]), dtype=value.dtype)
         else:
             row[name] = value.clone() if isinstance(value, torch.Tensor) else value
     return row
@@ -444,11 +440,11 @@ def update_actor_skipping(
         shuffle=bool(actor.get("shuffle", False)),
         seed=int(actor.get("data_loader_seed", 42)),
     )
-    templates = tq.kv_batch_get(keys=[batch.keys[rows[0]] for rows in members], partition_id=pid)
-    mask_field = "loss_mask" if "loss_mask" in templates.keys() else "response_mask"
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=pid, select_fields=["advantages", mask_field])
+    # verl's engine counts ``loss_mask`` tokens; every row verl 0.9.1's V1 trainer builds has
+    # loss_mask == response_mask (agent_loop_tq, padding_utils) and so do replayed rows (replay_rows)
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=pid, select_fields=["advantages", "response_mask"])
     nonzero, valid_tokens = [], []
-    for adv, mask in zip(data["advantages"].unbind(), data[mask_field].unbind(), strict=True):
+    for adv, mask in zip(data["advantages"].unbind(), data["response_mask"].unbind(), strict=True):
         valid = mask.bool()
         nonzero.append(bool(((adv != 0) & valid).any()))
         valid_tokens.append(int(valid.sum()))
@@ -466,8 +462,11 @@ def update_actor_skipping(
         return update(batch, metrics)
     metrics.update(plan.metrics())
 
-    template_rows = [{name: templates[k][name] for name in templates.keys()} for k in range(len(members))]
-    pad_rows = layout_padding_rows(plan, template_rows, trainer.tokenizer.eos_token_id)
+    pad_rows = []
+    if plan.padding_rows:  # one real row of each mini-batch, every field, as the padding rows' template
+        templates = tq.kv_batch_get(keys=[batch.keys[rows[0]] for rows in members], partition_id=pid)
+        template_rows = [{name: templates[k][name] for name in templates.keys()} for k in range(len(members))]
+        pad_rows = layout_padding_rows(plan, template_rows, trainer.tokenizer.eos_token_id)
     pad_uid = f"pad{uuid.uuid4().hex}"
     pad_keys, pad_tags, keys, tags = [], [], [], []
     for entry in plan.layout:

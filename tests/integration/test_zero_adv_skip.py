@@ -152,11 +152,13 @@ def test_plan_by_hand():
 def test_padding_row_keeps_every_field_and_contributes_nothing():
     template = _row(prompt=[1, 2, 3], response=[4, 5, 6, 7], advantage=1.5, off=True)
     template[MB_TOKENS_FIELD] = torch.tensor(9)
+    template["log_probs"] = torch.randn(7)  # the engine's whole-sequence log-probs (old-log-prob pass)
     row = padding_row(template, EOS)
     assert set(row) == set(template)
     assert row["prompts"].tolist() == [EOS] and row["responses"].tolist() == [EOS]
     assert row["response_mask"].tolist() == [0] and row["advantages"].tolist() == [0.0]
     assert row["input_ids"].shape[0] == row["attention_mask"].shape[0] == row["position_ids"].shape[0] == PADDING_SEQ_LEN
+    assert row["log_probs"].tolist() == [0.0, 0.0]
     assert int(row[OFF_POLICY_FIELD]) == 1 and int(row[MB_TOKENS_FIELD]) == 9
 
 
