@@ -1,6 +1,6 @@
 """Skipping zero-advantage rows end to end on CPU: the same weights as without skipping.
 
-Two 2-step RePO runs of the tiny model (stock ``main_ppo``, ``+preset=cpu``), identical but for
+Two 2-step RePO runs of the tiny model (4 prompts x 3 samples) (stock ``main_ppo``, ``+preset=cpu``), identical but for
 ``algorithm.repo.skip_zero_advantage_rows`` (true / false): same seeds, and the same rollouts
 because the ``hf_cpu`` server seeds each sample's sampling from the rollout seed, the step and the
 sample's prompt. Step 2 replays (gate 2, 2 replays per prompt). The reward (response length
@@ -36,7 +36,7 @@ def _run(tmp: Path, model: Path, train: Path, skip: bool) -> tuple[dict, dict[st
     name = "skip" if skip else "noskip"
     out = tmp / name
     reward = tmp / "ties_reward.py"
-    overrides = tiny_grpo_overrides(model, train, out, steps=STEPS, prompts_per_step=4, samples_per_prompt=2)
+    overrides = tiny_grpo_overrides(model, train, out, steps=STEPS, prompts_per_step=4, samples_per_prompt=3)
     overrides = [o for o in overrides if not o.startswith(("algorithm.adv_estimator", "reward.custom_reward_function.path"))]
     overrides += [
         "algorithm=repo",
@@ -47,7 +47,8 @@ def _run(tmp: Path, model: Path, train: Path, skip: bool) -> tuple[dict, dict[st
         f"algorithm.repo.skip_zero_advantage_rows={str(skip).lower()}",
         f"reward.custom_reward_function.path={reward}",
         "actor_rollout_ref.actor.optim.weight_decay=0.01",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",  # small micro-batches: step 1 skips too
+        # micro-batches of 2 rows: skipping a group of 3 leaves an odd count, padded by a 2-token row
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
         f"trainer.save_freq={STEPS}",
         "trainer.logger=[console,file]",
     ]
@@ -92,6 +93,8 @@ def test_same_rollouts_and_rows_were_skipped(runs):
     assert skip[STEPS]["repo/replayed_rows"] > 0
     assert sum(skip[s]["repo/skip_zero_adv_rows"] for s in skip) > 0
     assert sum(skip[s]["repo/update_rows"] for s in skip) > 0
+    # the seeded rollouts of this set-up skip a group of 3 in some step: a padding row went through verl
+    assert sum(skip[s]["repo/skip_padding_rows"] for s in skip) > 0
 
 
 def test_same_gradient_norms_and_weights_with_and_without_skipping(runs):
