@@ -64,7 +64,7 @@ def _warn_once_without_trainer(strategy: str) -> None:
     logger.warning(
         "advantage estimator %r runs without the RePO trainer (trainer.v1.trainer_mode=repo_sync): no row is "
         "ever replayed, so algorithm.repo.strategy=%s has no effect and this is plain GRPO. Launch with "
-        "+algorithm=repo (or set trainer.v1.trainer_mode=repo_sync), or set algorithm.repo.strategy=none.",
+        "algorithm=repo (or set trainer.v1.trainer_mode=repo_sync), or set algorithm.repo.strategy=none.",
         ADV_ESTIMATOR_NAME,
         strategy,
     )
