@@ -115,6 +115,10 @@ class BenchSettings:
     lr: float
     seed: int
     temperature: float = 1.0
+    #: rows per forward/backward pass (actor update and old log-probs), the same in every arm;
+    #: zero-advantage skipping only saves work when whole micro-batches fall away (CPU runs pad
+    #: every row of a micro-batch to its longest)
+    micro_batch_size: int = 16
     #: arm -> training steps, where an arm runs other than ``steps``
     arm_steps: dict = field(default_factory=dict)
     eval_base: bool = False
@@ -163,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts-per-step", type=int, default=2, help="data.train_batch_size")
     parser.add_argument("--samples", type=int, default=4, help="G_on = G_off = min_cache_to_replay")
     parser.add_argument("--response-length", type=int, default=48, help="max new tokens per training response")
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=16,
+        help="rows per actor forward/backward and old-log-prob pass (every arm; capped at the step's rows)",
+    )
     parser.add_argument("--eval-problems", type=int, default=16, help="held-out arithmetic_test problems per arm")
     parser.add_argument("--eval-max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-6, help="actor learning rate (constant)")
@@ -207,7 +215,10 @@ def parse_arms(text: str) -> list[str]:
 
 
 def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) -> BenchSettings:
-    for name in ("steps", "train_prompts", "prompts_per_step", "eval_problems", "eval_max_new_tokens", "response_length"):
+    for name in (
+        "steps", "train_prompts", "prompts_per_step", "eval_problems", "eval_max_new_tokens", "response_length",
+        "micro_batch_size",
+    ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     if args.samples < 2:
@@ -222,6 +233,7 @@ def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) 
         samples=args.samples, response_length=args.response_length, eval_problems=args.eval_problems,
         eval_max_new_tokens=args.eval_max_new_tokens, lr=args.lr, seed=args.seed, temperature=args.temperature,
         arm_steps=parse_arm_steps(args.arm_steps, arms or list(ARMS)), eval_base=args.eval_base,
+        micro_batch_size=args.micro_batch_size,
     )
 
 
@@ -305,8 +317,8 @@ def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: boo
         f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.rollout.seed={s.seed}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 16)}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 16)}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, s.micro_batch_size)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, s.micro_batch_size)}",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
