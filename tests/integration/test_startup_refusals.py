@@ -13,7 +13,7 @@ import types
 
 import pytest
 import verl
-from hydra import compose, initialize_config_dir
+from launch_config import SMALL_REPO_LAUNCH, compose_verl
 from omegaconf import OmegaConf
 
 from repo_ext.integration import estimators
@@ -27,25 +27,9 @@ from repo_ext.integration.estimators import repo_config_from_algorithm
 from repo_ext.integration.trainer import validate_trainer_config
 
 VERL_DIR = os.path.dirname(verl.__file__)
-VERL_CONFIG_DIR = os.path.join(VERL_DIR, "trainer", "config")
 
-VALID = [
-    "algorithm=repo",
-    "data.train_batch_size=4",
-    "data.max_response_length=16",
-    "actor_rollout_ref.rollout.n=2",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-    "algorithm.repo.num_replays=2",
-    "algorithm.repo.min_cache_to_replay=2",
-    "algorithm.repo.max_cache_size=4",
-]
-
-
-def _compose(overrides, name="ppo_trainer", config_dir=VERL_CONFIG_DIR, hydra=False):
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+VALID = list(SMALL_REPO_LAUNCH)
+_compose = compose_verl
 
 
 def _refusal(cfg):

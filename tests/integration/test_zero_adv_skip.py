@@ -426,26 +426,10 @@ def test_carried_normalisers_refuse_mixed_mini_batches():
 
 # ------------------------------------------------------------------------------------ composed configs
 
-_LAUNCH = [
-    "algorithm=repo",
-    "data.train_batch_size=4",
-    "data.max_response_length=16",
-    "actor_rollout_ref.rollout.n=2",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-]
-
-
 def _composed(*overrides):
-    import os
+    from launch_config import SMALL_REPO_LAUNCH, compose_verl
 
-    import verl
-    from hydra import compose, initialize_config_dir
-
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        return compose(config_name="ppo_trainer", overrides=[*_LAUNCH, *overrides])
+    return compose_verl([*SMALL_REPO_LAUNCH, *overrides])
 
 
 @pytest.mark.parametrize("strategy", ["recent_k", "none"])
