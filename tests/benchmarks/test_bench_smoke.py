@@ -185,6 +185,8 @@ def test_paper_question_preset_and_arm_overrides(bench, tmp_path):
     s = bench.settings_from_args(args, bench.parse_arms(args.arms))
     assert (s.samples, s.prompts_per_step, s.model, s.eval_problems, s.steps) == (8, 4, "smollm2", 128, 9)  # flag wins
     assert s.steps_of("stock_grpo") == 25 and s.steps_of("recent_k_skip") == 9 and s.eval_base
+    # trained on 2-term sums (mixed rewards for SmolLM2); the default stays the 2-3 term source
+    assert s.train_source == "arithmetic_2terms" and bench.parse_args([]).train_source == "arithmetic"
     assert args.arms == "recent_k_skip,stock_grpo"
     setup = bench.Setup(tmp_path / "m", tmp_path / "t.parquet", "pkg://r", 256)
     repo = bench.arm_overrides(s, setup, "recent_k_skip", tmp_path / "run", save=True)
