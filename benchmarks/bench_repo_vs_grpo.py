@@ -138,8 +138,7 @@ PRESETS: dict[str, dict] = {
     # Training questions: chain sums of exactly 2 one-digit terms (arithmetic_2terms), on which
     # SmolLM2 at temperature 0.4 is right 46% of the time (48 questions x 4 samples, 48 tokens); on
     # 2-3 terms it was 17% (docs/benchmarks.md, run 3). The 128 held-out problems are arithmetic_test
-    # (2-3 terms, disjoint from every training question). data.max_prompt_length = 80 (prompt_length_for):
-    # with 256, a step of this preset took 100 s here, 55 s of it the actor update.
+    # (2-3 terms, disjoint from every training question).
     "paper-question": dict(
         arms="recent_k_skip,stock_grpo", model="smollm2", steps=56, arm_steps="stock_grpo=25",
         train_prompts=24, train_source="arithmetic_2terms", prompts_per_step=4, samples=8, response_length=48, temperature=0.4,
@@ -273,6 +272,7 @@ def prepare(s: BenchSettings, work: Path) -> Setup:
         train = write_arithmetic_parquet(work / "data" / "train.parquet", num_prompts=s.train_prompts, seed=s.seed)
         return Setup(Path(model), Path(train), str(reward_function_path()), 64)
     from repo_ext.data import load_rows, write_parquet
+    from repo_ext.data.prompt_length import prompt_length_for
 
     if s.model == "smollm2":
         from repo_ext.assets.smollm2 import build_smollm2
@@ -284,22 +284,9 @@ def prepare(s: BenchSettings, work: Path) -> Setup:
             raise SystemExit(f"--model={s.model}: not 'smollm2', 'tiny' or an HF model folder (no config.json)")
     rows = load_rows(s.train_source, limit=s.train_prompts, seed=s.seed)
     train = write_parquet(rows, work / "data" / "train.parquet")
+    # verl pads prompts to data.max_prompt_length and the CPU actor computes over the padding: with
+    # a fixed 256 for ~65-token prompts, a step of the paper-question preset took 100 s, 55 s of it the update
     return Setup(model, Path(train), "pkg://repo_ext.data.reward", prompt_length_for(model, rows))
-
-
-def prompt_length_for(model: Path, rows: list[dict], multiple: int = 16) -> int:
-    """``data.max_prompt_length`` for these rows: their longest chat-templated prompt in tokens plus
-    8 (margin for tokenizer differences: verl drops longer prompts), rounded up to a multiple of ``multiple``. verl pads every prompt to this length and the CPU
-    actor (no padding removal) computes over the padding, so a loose 256 for ~65-token prompts
-    made each row 304 tokens where 128 do."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    longest = max(
-        len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        for row in rows
-    )
-    return -(-(longest + 8) // multiple) * multiple
 
 
 def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: bool) -> list[str]:

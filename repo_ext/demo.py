@@ -166,7 +166,9 @@ def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out: Path) -> list[str]:
+def training_overrides(
+    s: DemoSettings, model: Path, train: Path, val: Path, out: Path, max_prompt_length: int
+) -> list[str]:
     """The RePO run: the paper's config (repo_trainer.yaml) scaled to a CPU and a 135M model.
 
     G_on = samples, G_off = samples (as the paper's 8 + 8); min_cache_to_replay = one visit of a
@@ -185,7 +187,9 @@ def training_overrides(s: DemoSettings, model: Path, train: Path, val: Path, out
         f"data.train_files={train}",
         f"data.val_files={val}",
         f"data.train_batch_size={s.prompts_per_step}",
-        "data.max_prompt_length=256",
+        # the training prompts' length (write_data): verl pads every prompt to it and the CPU actor
+        # computes over the padding
+        f"data.max_prompt_length={max_prompt_length}",
         f"data.max_response_length={s.response_length}",
         f"data.seed={s.seed}",
         f"actor_rollout_ref.rollout.n={s.samples}",
@@ -253,13 +257,17 @@ def _fatal_in_log(log_path: Path) -> str | None:
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 
 
-def write_data(s: DemoSettings, folder: Path) -> tuple[Path, Path]:
-    """The train prompts and the disjoint held-out problems as verl parquet files."""
+def write_data(s: DemoSettings, folder: Path, model: Path) -> tuple[Path, Path, int]:
+    """The train prompts and the disjoint held-out problems as verl parquet files, and the
+    ``data.max_prompt_length`` that fits them (:func:`repo_ext.data.prompt_length.prompt_length_for`)."""
     from repo_ext.data import load_rows, write_parquet
+    from repo_ext.data.prompt_length import prompt_length_for
 
-    train_file = write_parquet(load_rows("arithmetic", limit=s.train_prompts, seed=s.seed), folder / "train.parquet")
-    val_file = write_parquet(load_rows("arithmetic_test", limit=s.eval_problems, seed=s.seed), folder / "test.parquet")
-    return train_file, val_file
+    train_rows = load_rows("arithmetic", limit=s.train_prompts, seed=s.seed)
+    val_rows = load_rows("arithmetic_test", limit=s.eval_problems, seed=s.seed)
+    train_file = write_parquet(train_rows, folder / "train.parquet")
+    val_file = write_parquet(val_rows, folder / "test.parquet")
+    return train_file, val_file, prompt_length_for(model, train_rows + val_rows)
 
 
 def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float, threads: int) -> dict[int, dict]:
@@ -387,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"model folder: {model}")
 
         say("[2/6] data: reasoning-gym chain sums (train) and a disjoint held-out set")
-        train_file, val_file = pool.submit(write_data, s, out / "data").result()
-    say(f"train {train_file} ({s.train_prompts} prompts), held-out {val_file}")
+        train_file, val_file, prompt_length = pool.submit(write_data, s, out / "data", model).result()
+    say(f"train {train_file} ({s.train_prompts} prompts), held-out {val_file}; prompts padded to {prompt_length} tokens")
 
     before = after = None
     if not args.skip_eval:
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         before = evaluate(model, out / "eval_before.json", s, "the base model", threads)
 
     say(f"[4/6] RePO training: {s.steps} steps x {s.prompts_per_step} prompts x {s.samples} samples (+ up to {s.samples} replayed per prompt)")
-    overrides = training_overrides(s, model, train_file, val_file, out)
+    overrides = training_overrides(s, model, train_file, val_file, out, prompt_length)
     overrides += [f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.num_threads={threads}", *args.override]
     metrics = train(overrides, out, s.steps, args.train_timeout, threads)
     checkpoint = out / "checkpoints" / f"global_step_{s.steps}"

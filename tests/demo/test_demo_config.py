@@ -16,7 +16,7 @@ VERL_CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "confi
 
 def test_default_overrides_compose():
     s = settings_from_args(build_parser().parse_args([]))
-    overrides = training_overrides(s, Path("/m"), Path("/t.parquet"), Path("/v.parquet"), Path("/out"))
+    overrides = training_overrides(s, Path("/m"), Path("/t.parquet"), Path("/v.parquet"), Path("/out"), 80)
     assert overrides[0] == "--config-name=repo_trainer"
     with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
         cfg = compose(config_name="repo_trainer", overrides=overrides[1:])
@@ -26,6 +26,7 @@ def test_default_overrides_compose():
     assert cfg.algorithm.repo.num_replays == p["samples"] == cfg.actor_rollout_ref.rollout.n
     assert cfg.algorithm.repo.min_cache_to_replay == p["samples"]  # replay from a prompt's 2nd visit
     assert cfg.data.train_batch_size == p["prompts_per_step"]
+    assert cfg.data.max_prompt_length == 80  # the demo's measured prompt length, not verl's default
     assert cfg.trainer.total_training_steps == p["steps"] and cfg.trainer.save_freq == p["steps"]
     assert cfg.actor_rollout_ref.rollout.name == "hf_cpu"  # from +preset=cpu
     assert cfg.reward.custom_reward_function.path == "pkg://repo_ext.data.reward"
