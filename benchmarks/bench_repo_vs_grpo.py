@@ -121,6 +121,8 @@ class BenchSettings:
     micro_batch_size: int = 16
     #: training prompts: a source of repo_ext.data (the held-out problems are always arithmetic_test)
     train_source: str = "arithmetic"
+    #: torch threads of verl's workers (actor and CPU rollout) in every arm; 0 = one per core
+    threads: int = 0
     #: arm -> training steps, where an arm runs other than ``steps``
     arm_steps: dict = field(default_factory=dict)
     eval_base: bool = False
@@ -179,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--micro-batch-size", type=int, default=16,
         help="rows per actor forward/backward and old-log-prob pass (every arm; capped at the step's rows)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads of verl's actor and CPU rollout (OMP_NUM_THREADS; Ray gives a worker 1 where it is unset); 0: one per core",
     )
     parser.add_argument("--eval-problems", type=int, default=16, help="held-out arithmetic_test problems per arm")
     parser.add_argument("--eval-max-new-tokens", type=int, default=48)
@@ -242,7 +248,7 @@ def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) 
         samples=args.samples, response_length=args.response_length, eval_problems=args.eval_problems,
         eval_max_new_tokens=args.eval_max_new_tokens, lr=args.lr, seed=args.seed, temperature=args.temperature,
         arm_steps=parse_arm_steps(args.arm_steps, arms or list(ARMS)), eval_base=args.eval_base,
-        micro_batch_size=args.micro_batch_size, train_source=args.train_source,
+        micro_batch_size=args.micro_batch_size, train_source=args.train_source, threads=args.threads,
     )
 
 
@@ -332,6 +338,7 @@ def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: boo
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, s.micro_batch_size)}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, s.micro_batch_size)}",
+        f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.num_threads={worker_threads(s)}",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
@@ -405,8 +412,12 @@ class TreeSampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
+def worker_threads(s: BenchSettings) -> int:
+    return s.threads or os.cpu_count() or 1
+
+
 def train_arm(
-    overrides: list[str], run_dir: Path, timeout_s: float, interval: float, label: str = ""
+    overrides: list[str], run_dir: Path, timeout_s: float, interval: float, label: str = "", threads: int = 1
 ) -> tuple[list[dict], TreeSampler, float]:
     from repo_ext.cpu.tiny_run import run_main_ppo
 
@@ -421,7 +432,9 @@ def train_arm(
     try:
         result = run_main_ppo(
             overrides, timeout_s=timeout_s, log_path=run_dir / "train.log",
-            env={"VERL_FILE_LOGGER_PATH": str(metrics_path), "REPO_EXT_DUMP_DIR": str(run_dir / "dump")},
+            # OMP_NUM_THREADS reaches every Ray worker: Ray sets 1 (the actor's num_cpus) only where it is unset
+            env={"VERL_FILE_LOGGER_PATH": str(metrics_path), "REPO_EXT_DUMP_DIR": str(run_dir / "dump"),
+                 "OMP_NUM_THREADS": str(threads)},
             on_start=start_sampler,
         )
     finally:
@@ -1099,7 +1112,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides = arm_overrides(s, setup, arm, run_dir, save=not args.skip_eval)
         load_before = os.getloadavg()
         say(f"arm {arm}: training ({steps} steps); verl log {run_dir / 'train.log'}")
-        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval, label=f"arm {arm}")
+        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval, label=f"arm {arm}", threads=worker_threads(s))
         rows = step_rows(records, sampler)
         if len(rows) != steps:
             raise SystemExit(f"arm {arm}: verl logged {len(rows)} steps, expected {steps}; see {run_dir / 'train.log'}")
