@@ -15,6 +15,13 @@ The CPU platform is never auto-detected (``repo_ext.cpu.platform``). A run opts 
     ``trainer.device=cpu`` to that platform's device (and the task runner would refuse the
     mismatch). The preset's Hydra callback :class:`CPUPlatformOptIn` runs before verl's ``main``
     and switches this process to the CPU platform.
+
+The same callback gives the training workers their threads: Ray sets ``OMP_NUM_THREADS`` to an
+actor's ``num_cpus`` (1 for verl's workers) wherever the variable is unset, so a CPU actor would
+train on one core whatever the machine has (measured here: the actor update of a 32-row step ran
+at 100% of one core of two). Unless the launching shell sets it, the callback sets
+``OMP_NUM_THREADS`` = cores // training processes per node (:func:`worker_threads`) before verl
+starts Ray; a local Ray cluster's workers inherit it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,22 @@ def select_cpu_platform() -> None:
     verl_workarounds.apply()
 
 
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def worker_threads(cpu_count: int | None, processes_per_node: int) -> int:
+    """Torch threads per training process: the node's cores shared by its training processes, >= 1."""
+    return max(1, (cpu_count or 1) // max(1, processes_per_node))
+
+
+def set_worker_threads(config: Any) -> None:
+    """``OMP_NUM_THREADS`` for the run's Ray workers, unless the launching shell chose it."""
+    if THREADS_ENV in os.environ:
+        return
+    per_node = int(config.trainer.n_gpus_per_node) if "trainer" in config else 1
+    os.environ[THREADS_ENV] = str(worker_threads(os.cpu_count(), per_node))
+
+
 class CPUPlatformOptIn(Callback):
     """Hydra callback of ``+preset=cpu``: the launching process opts in to the CPU platform.
 
@@ -52,3 +75,4 @@ class CPUPlatformOptIn(Callback):
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         select_cpu_platform()
+        set_worker_threads(config)

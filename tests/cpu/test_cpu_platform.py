@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _run_python(code: str, **env) -> dict:
-    run_env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    run_env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "OMP_NUM_THREADS")}
     run_env.update(env)
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=run_env, timeout=150
@@ -116,6 +116,7 @@ def test_preset_opts_in_every_process():
             "ray_env": env.get("VERL_PLATFORM"),
             "process_env": os.environ.get("VERL_PLATFORM"),
             "device": task.trainer.device,
+            "threads": os.environ.get("OMP_NUM_THREADS"),
         }))
         """
     )
@@ -125,7 +126,26 @@ def test_preset_opts_in_every_process():
         "ray_env": "cpu",
         "process_env": "cpu",
         "device": "cpu",
+        "threads": str(os.cpu_count()),  # one training process per node: every core
     }
+
+
+@pytest.mark.parametrize(
+    "cores, per_node, preset, expected",
+    [(2, 1, None, "2"), (8, 2, None, "4"), (3, 2, None, "1"), (1, 4, None, "1"), (8, 1, "3", "3")],
+)
+def test_training_workers_get_the_nodes_cores_unless_the_shell_chose(monkeypatch, cores, per_node, preset, expected):
+    from omegaconf import OmegaConf
+
+    from repo_ext.cpu import opt_in
+
+    if preset is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    monkeypatch.setattr(opt_in.os, "cpu_count", lambda: cores)
+    opt_in.set_worker_threads(OmegaConf.create({"trainer": {"n_gpus_per_node": per_node}}))
+    assert os.environ["OMP_NUM_THREADS"] == expected
 
 
 def test_device_module_stands_in_for_torch_cuda():
