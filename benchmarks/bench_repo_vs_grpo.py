@@ -609,13 +609,15 @@ def evaluate_checkpoint(checkpoint: Path, s: BenchSettings, out_json: Path, log_
 # ---------------------------------------------------------------------------------------- ratios
 
 
-def ratios(arms: dict[str, dict]) -> dict[str, dict]:
+def ratios(arms: dict[str, dict], replay_steps: list[int] | None = None) -> dict[str, dict]:
     """Each RePO arm against GRPO (when GRPO ran): the quantities the paper reports.
 
     effective_step_ratio: mean fraction of prompts with a non-zero advantage in at least one of
     their groups (RePO: on or replayed; GRPO: on-policy), RePO / GRPO, over the steps where RePO
     replays and over all steps. step_time_ratio: mean training step time (checkpoint save
-    excluded), RePO / GRPO, over the same steps.
+    excluded), RePO / GRPO, over the same steps. With ``replay_steps`` and per-step rows
+    (``arm["steps"]``), both sides are taken over the step numbers both arms ran (the arms may run
+    different numbers of steps, and the fractions change as training goes on).
     """
     baseline = baseline_of(arms)
     base = arms.get(baseline)
@@ -628,8 +630,14 @@ def ratios(arms: dict[str, dict]) -> dict[str, dict]:
         rs = arm["summary"]["replay_steps"]
         entry["same_run_all_over_on_replay_steps"] = _ratio(rs["nonzero_adv_frac_all"], rs["nonzero_adv_frac_on"])
         if base is not None:
+            arm_sum, base_sum = arm["summary"], base["summary"]
+            if replay_steps is not None and "steps" in arm and "steps" in base:
+                common = {r["step"] for r in arm["steps"]} & {r["step"] for r in base["steps"]}
+                common_replay = [t for t in replay_steps if t in common]
+                arm_sum = arm_summary([r for r in arm["steps"] if r["step"] in common], common_replay)
+                base_sum = arm_summary([r for r in base["steps"] if r["step"] in common], common_replay)
             for span in ("replay_steps", "all_steps", "steps_from_2"):
-                r, g = arm["summary"][span], base["summary"][span]
+                r, g = arm_sum[span], base_sum[span]
                 entry[f"effective_step_ratio_{span}"] = _ratio(r["nonzero_adv_frac_all"], g["nonzero_adv_frac_on"])
                 entry[f"step_time_ratio_{span}"] = _ratio(r["step_s"], g["step_s"])
             if arm.get("heldout") and base.get("heldout"):
@@ -692,8 +700,8 @@ def estimates(results: dict, resamples: int = 10_000) -> dict:
     - ``within_run[arm]``: prompt-steps of a RePO arm's replay steps; the fraction with a non-zero
       on-policy group, with a non-zero on-policy or replayed group, and their ratio (pairs resampled
       together: the same rollouts with and without their replayed groups);
-    - ``vs_baseline[arm]``: a RePO arm's on-or-replayed fraction over its replay steps against the
-      baseline's on-policy fraction over the same step numbers (two runs, resampled independently);
+    - ``vs_baseline[arm]``: a RePO arm's on-or-replayed fraction against the baseline's on-policy
+      fraction, both over the replay steps both runs ran (two runs, resampled independently);
     - ``step_time[arm]``: per step (replay steps both arms ran) arm step time / baseline step time:
       the distribution (median, 2.5th and 97.5th percentile) and the ratio of mean step times with a
       bootstrap interval over steps (pairs resampled together), with each arm's mean load average;
@@ -717,12 +725,16 @@ def estimates(results: dict, resamples: int = 10_000) -> dict:
                 "on_or_replayed": ci.bootstrap_interval(either, resamples=resamples),
                 "ratio": ci.ratio_of_means_paired(on, either, resamples=resamples),
             }
-            ran = {r["step"] for r in records}
-            base_same = [r["on_nonzero"] for r in base_records if r["step"] in ran]
+            # the same step numbers on both sides: the fraction falls as the policy sharpens, so
+            # RePO's later steps (which the baseline did not run) must not enter the comparison
+            common = {r["step"] for r in records} & {r["step"] for r in base_records}
+            arm_same = [r["either_nonzero"] for r in records if r["step"] in common]
+            base_same = [r["on_nonzero"] for r in base_records if r["step"] in common]
             if base_same:
                 out["vs_baseline"][name] = {
-                    "prompt_steps": [len(either), len(base_same)],
-                    "ratio": ci.ratio_of_means_two_samples(either, base_same, resamples=resamples),
+                    "prompt_steps": [len(arm_same), len(base_same)],
+                    "steps": [min(common), max(common)],
+                    "ratio": ci.ratio_of_means_two_samples(arm_same, base_same, resamples=resamples),
                 }
     if baseline:
         base_time = {r["step"]: r for r in arms[baseline]["steps"]}
@@ -808,7 +820,10 @@ def estimates_markdown(est: dict | None) -> list[str]:
                   f"| ratio vs {base} (prompt-steps) |", "|---|---|---|---|---|---|"]
     for name, w in est["within_run"].items():
         vs = est["vs_baseline"].get(name)
-        vs_cell = f"{_interval(vs['ratio'], '.2f')} ({vs['prompt_steps'][0]} vs {vs['prompt_steps'][1]})" if vs else "-"
+        vs_cell = (
+            f"{_interval(vs['ratio'], '.2f')} ({vs['prompt_steps'][0]} vs {vs['prompt_steps'][1]}"
+            + (f", steps {vs['steps'][0]}-{vs['steps'][1]})" if "steps" in vs else ")")
+        ) if vs else "-"
         lines.append(
             f"| {name} | {w['prompt_steps']} | {_interval(w['on'])} | {_interval(w['on_or_replayed'])} "
             f"| {_interval(w['ratio'], '.2f')} | {vs_cell} |"
@@ -951,7 +966,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_results(results: dict, out: Path) -> None:
-    results["ratios"] = ratios(results["arms"])
+    results["ratios"] = ratios(results["arms"], results["replay_steps"])
     results["pooled_replay_effect"] = pooled_replay_effect(results["arms"], results["replay_steps"])
     results["estimates"] = estimates(results)
     out.mkdir(parents=True, exist_ok=True)

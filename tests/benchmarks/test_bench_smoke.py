@@ -54,6 +54,14 @@ def test_summary_and_ratios_by_hand(bench):
     assert q["recent_k"]["step_time_ratio_replay_steps"] == pytest.approx(15.0 / 11.0)
     assert q["recent_k"]["same_run_all_over_on_replay_steps"] == pytest.approx(0.625 / 0.125)
     assert q["recent_k"]["heldout_pass@1_minus_grpo"] == pytest.approx(0.125)
+    # RePO ran a 4th step GRPO did not: with the per-step rows, both sides over steps 1-3 only
+    arms["recent_k"]["steps"] = [*repo, _row(4, 0.0, 0.0, 100.0, 0.0)]
+    arms["grpo"]["steps"] = grpo
+    arms["recent_k"]["summary"] = bench.arm_summary(arms["recent_k"]["steps"], [2, 3, 4])
+    q = bench.ratios(arms, [2, 3, 4])
+    assert q["recent_k"]["effective_step_ratio_replay_steps"] == pytest.approx(2.5)
+    assert q["recent_k"]["step_time_ratio_all_steps"] == pytest.approx((40.0 / 3) / (32.0 / 3))
+    assert q["recent_k"]["same_run_all_over_on_replay_steps"] == pytest.approx((1.25 / 3) / (0.25 / 3))  # own steps
 
 
 def test_pooled_replay_effect_by_hand(bench):
@@ -122,7 +130,8 @@ def _ps(step, on, off=None, reward=0.5):
 
 
 def test_estimates_by_hand(bench):
-    repo_ps = [_ps(2, 1, 0), _ps(2, 0, 1), _ps(3, 0, 0), _ps(3, 1, 1), _ps(1, 1)]  # step 1: no replay
+    # step 1: no replay; step 5: a replay step the baseline did not run
+    repo_ps = [_ps(2, 1, 0), _ps(2, 0, 1), _ps(3, 0, 0), _ps(3, 1, 1), _ps(1, 1), _ps(5, 1, 1)]
     base_ps = [_ps(2, 1), _ps(2, 0), _ps(3, 0), _ps(3, 0), _ps(4, 1)]
     arms = {
         "recent_k_skip": {"prompt_steps": repo_ps, "load_avg_mean": 1.0,
@@ -131,16 +140,17 @@ def test_estimates_by_hand(bench):
         "stock_grpo": {"prompt_steps": base_ps, "load_avg_mean": 2.0,
                        "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 10.0, 0), _row(3, 0, 0, 10.0, 0)]},
     }
-    est = bench.estimates({"arms": arms, "replay_steps": [2, 3], "base_heldout": {"correct": 0, "problems": 10}},
+    est = bench.estimates({"arms": arms, "replay_steps": [2, 3, 5], "base_heldout": {"correct": 0, "problems": 10}},
                           resamples=200)
     assert est["baseline"] == "stock_grpo"
     w = est["within_run"]["recent_k_skip"]
-    # replay steps 2-3: on 2 of 4, on-or-replayed 3 of 4
-    assert (w["prompt_steps"], w["on"]["estimate"], w["on_or_replayed"]["estimate"]) == (4, 0.5, 0.75)
-    assert w["ratio"]["estimate"] == pytest.approx(1.5)
-    # against stock GRPO's steps 2-3 (its step 4 is not a step RePO replayed in): 3/4 over 1/4
+    # replay steps 2, 3, 5: on 3 of 5, on-or-replayed 4 of 5
+    assert (w["prompt_steps"], w["on"]["estimate"], w["on_or_replayed"]["estimate"]) == (5, 0.6, 0.8)
+    assert w["ratio"]["estimate"] == pytest.approx(4 / 3)
+    # against stock GRPO over the replay steps both ran, 2-3 (RePO's step 5 and GRPO's step 4 left
+    # out): RePO 3/4 over GRPO 1/4
     vs = est["vs_baseline"]["recent_k_skip"]
-    assert vs["prompt_steps"] == [4, 4] and vs["ratio"]["estimate"] == pytest.approx(3.0)
+    assert vs["prompt_steps"] == [4, 4] and vs["steps"] == [2, 3] and vs["ratio"]["estimate"] == pytest.approx(3.0)
     t = est["step_time"]["recent_k_skip"]
     # per-step ratios 12/10 and 15/10; ratio of means 13.5 / 10
     assert t["steps"] == 2 and t["per_step_ratio"]["median"] == pytest.approx(1.35)
@@ -148,7 +158,7 @@ def test_estimates_by_hand(bench):
     assert est["heldout"]["recent_k_skip"]["low"] == pytest.approx(0.23660, abs=1e-5)
     assert est["heldout"]["base model"]["high"] == pytest.approx(0.27753, abs=1e-5)
     table = "\n".join(bench.estimates_markdown(est))
-    assert "| recent_k_skip | 4 | 0.500 [" in table and "| base model | 0 / 10 |" in table
+    assert "| recent_k_skip | 5 | 0.600 [" in table and "| base model | 0 / 10 |" in table
 
 
 def test_plan_by_hand(bench):
