@@ -42,8 +42,8 @@ PRESETS = {
 
 
 # Free memory (GiB, MemAvailable) each preset needs: the peak PSS summed over the run's processes
-# (benchmarks/bench_memory.py, docs/cpu.md) plus 0.5 GiB. Measured: quick 8.00 GiB. Estimated, not
-# measured: default (same micro-batches, twice the rows per step) and long (twice the tokens per row).
+# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: quick 8.00 GiB, default
+# 8.31 GiB (session 3). Estimated, not measured: long (twice the tokens per row).
 REQUIRED_GIB = {"quick": 8.5, "default": 9.0, "long": 10.0}
 
 
