@@ -139,8 +139,8 @@ PRESETS: dict[str, dict] = {
     # 50 x 4 = 200 prompt-steps; then stock GRPO, 25 steps = 100 prompt-steps (76 in steps 7-25).
     # Training questions: chain sums of exactly 2 one-digit terms (arithmetic_2terms), on which
     # SmolLM2 at temperature 0.4 is right 46% of the time (48 questions x 4 samples, 48 tokens); on
-    # 2-3 terms it was 17% (measured before run 5 of docs/benchmarks.md). The 128 held-out problems are arithmetic_test
-    # (2-3 terms, disjoint from every training question).
+    # 2-3 terms it was 17% (8 questions x 8 samples, 96 tokens). The 128 held-out problems are
+    # arithmetic_test (2-3 terms, disjoint from every training question).
     "paper-question": dict(
         arms="recent_k_skip,stock_grpo", model="smollm2", steps=56, arm_steps="stock_grpo=25",
         train_prompts=24, train_source="arithmetic_2terms", prompts_per_step=4, samples=8, response_length=48, temperature=0.4,

@@ -39,10 +39,10 @@ asked for. Of the 4,200 possible questions, 3,088 are train and 1,112 test quest
 one call are distinct. ``arithmetic_2terms`` draws its questions from the train side of the same split,
 so none of them is an ``arithmetic_test`` question either.
 
-How often SmolLM2-135M-Instruct answers right (sampled at temperature 0.4, 48 new tokens, 48 train
-questions x 4 samples, measured here): 2-3 terms (``arithmetic``) about 17%, 2 terms
-(``arithmetic_2terms``) 46%, with 60% of the 4-sample groups mixed (some right, some wrong). Mixed
-groups are what GRPO and RePO learn from.
+How often SmolLM2-135M-Instruct answers right at temperature 0.4 (measured here): 2 terms
+(``arithmetic_2terms``) 46% with 48 new tokens (48 train questions x 4 samples; 60% of the 4-sample
+groups mixed, some right and some wrong); 2-3 terms (``arithmetic``) 17% with 96 new tokens (8
+questions x 8 samples). Mixed groups are what GRPO and RePO learn from.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -203,7 +204,6 @@ def test_paper_question_preset_and_arm_overrides(bench, tmp_path):
     assert "algorithm.repo.skip_zero_advantage_rows=true" in repo and "algorithm.repo.num_replays=8" in repo
     assert "algorithm.repo.min_cache_to_replay=8" in repo and "actor_rollout_ref.rollout.seed=0" in repo
     # every core for verl's workers unless --threads says otherwise (Ray would give each worker 1)
-    import os
     assert f"actor_rollout_ref.rollout.engine_kwargs.hf_cpu.num_threads={os.cpu_count()}" in repo
     three = bench.settings_from_args(bench.parse_args(["--preset", "paper-question", "--threads", "3"]))
     assert "actor_rollout_ref.rollout.engine_kwargs.hf_cpu.num_threads=3" in bench.arm_overrides(three, setup, "stock_grpo", tmp_path, save=False)
