@@ -181,6 +181,7 @@ class TreeSampler:
         self.started = time.monotonic()
         self.totals: list[tuple[float, int, int]] = []
         self.peak: Sample | None = None
+        self.cpu_seconds = 0.0  # CPU time the sampling itself used (reading /proc costs the run CPU)
         self._sessions: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -191,7 +192,9 @@ class TreeSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            cpu_start = time.thread_time()
             sample = take_sample(self.pid, self.started, self._sessions)
+            self.cpu_seconds += time.thread_time() - cpu_start
             if sample.processes:
                 self.totals.append((round(sample.seconds, 1), sample.pss, sample.rss))
                 if self.peak is None or sample.pss > self.peak.pss:
@@ -218,7 +221,12 @@ def report(peak: Sample | None, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    parser.add_argument(
+        "--interval", type=float, default=2.0,
+        help="seconds between samples (each reads smaps_rollup of every process of the run, which holds each "
+        "process's memory-map lock while the kernel walks its page tables: 0.5 s took up to ~80%% of a core "
+        "during a demo run on 2 cores and slowed it)",
+    )
     parser.add_argument("--top", type=int, default=15, help="process names listed at the peak")
     parser.add_argument("--json", default=None, help="write the peak, its processes and every sample's totals here")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run and measure")
@@ -241,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     load_end = loadavg()
     print(f"\n[bench_memory] {' '.join(command)}", file=sys.stderr)
     print(f"[bench_memory] exit {returncode}, {seconds:.0f} s wall, {len(sampler.totals)} samples, "
-          f"load average at start {load_start}, at end {load_end}", file=sys.stderr)
+          f"load average at start {load_start}, at end {load_end}; sampling used {sampler.cpu_seconds:.0f} CPU s "
+          f"({100 * sampler.cpu_seconds / max(seconds, 1e-9):.1f}% of one core)", file=sys.stderr)
     print(report(sampler.peak, args.top), file=sys.stderr)
     if args.json:
         peak = sampler.peak
@@ -252,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(seconds, 1),
             "loadavg_start": load_start,
             "loadavg_end": load_end,
+            "interval_s": args.interval,
+            "sampler_cpu_s": round(sampler.cpu_seconds, 1),
             "peak_pss_gib": round(peak.pss / GIB, 3) if peak else None,
             "peak_rss_gib": round(peak.rss / GIB, 3) if peak else None,
             "peak_seconds": round(peak.seconds, 1) if peak else None,

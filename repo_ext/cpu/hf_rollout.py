@@ -50,6 +50,7 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from repo_ext.cpu.hf_generation import GenerationRequest, HFBatchGenerator, parse_sampling_params
+from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
 
 __all__ = [
     "ROLLOUT_NAME",
@@ -64,7 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf_cpu"
-_DEFAULT_BATCH_WAIT_MS = 50.0
+_DEFAULT_BATCH_WAIT_MS = 200.0
 # weights are sent to the server in buckets of about this size (the last tensor may overshoot)
 _SYNC_BUCKET_BYTES = 64 * 1024**2
 
@@ -128,6 +129,9 @@ class HFRolloutServer:
         self.model_config: HFModelConfig = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         self.replica_rank = replica_rank
         engine_kwargs = _engine_kwargs(self.config)
+        # generate reallocates its KV cache at every decoding step: keep those blocks in the heap
+        # even where the run set a small MALLOC_MMAP_THRESHOLD_ (make demo; see repo_ext.cpu.malloc)
+        keep_freed_blocks_in_heap()
         num_threads = engine_kwargs.get("num_threads") or os.cpu_count() or 1
         # Ray sets OMP_NUM_THREADS=1 in actors without CPUs; generation wants the cores.
         torch.set_num_threads(int(num_threads))
@@ -258,7 +262,15 @@ class HFRolloutServer:
                     self.batch_sizes.append(len(batch))
                     start = time.monotonic()
                     results = await asyncio.to_thread(self.generator.generate, [p.request for p in batch])
-                    logger.info("hf_cpu: batch of %d requests took %.3f s", len(batch), time.monotonic() - start)
+                    seconds = time.monotonic() - start
+                    new_tokens = sum(len(r.token_ids) for r in results)
+                    # one line per generate call in verl's log: how the step's requests were batched
+                    print(
+                        f"hf_cpu rollout: {len(batch)} requests in one batch, {new_tokens} new tokens "
+                        f"(longest {max(len(r.token_ids) for r in results)}), {seconds:.1f} s, "
+                        f"{new_tokens / max(seconds, 1e-9):.1f} tokens/s, {torch.get_num_threads()} threads",
+                        flush=True,
+                    )
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(result)

@@ -1,0 +1,67 @@
+"""repo_ext.cpu.malloc: with the demo's MALLOC_MMAP_THRESHOLD_ of 1 MiB a 4 MiB block is mmapped;
+after keep_freed_blocks_in_heap it comes from the heap. Counted with glibc's mallinfo2 (hblks:
+blocks currently mmapped) in a fresh process, since the variables act at process start."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
+
+_CHILD = r"""
+import ctypes, json, sys
+from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mmapped_blocks_while_holding(nbytes):
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(nbytes)
+    during = libc.mallinfo2().hblks
+    libc.free(block)
+    return during - before
+
+out = {"before": mmapped_blocks_while_holding(4 * 1024**2)}
+out["changed"] = keep_freed_blocks_in_heap()
+out["after"] = mmapped_blocks_while_holding(4 * 1024**2)
+out["after_64mib"] = mmapped_blocks_while_holding(64 * 1024**2)
+print(json.dumps(out))
+"""
+
+
+def _run_child(env_extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(env_extra)
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_demo_threshold_maps_4mib_blocks_and_the_call_moves_them_to_the_heap():
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("not glibc >= 2.33 (no mallinfo2)")
+    out = _run_child({"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"})
+    assert out == {"before": 1, "changed": True, "after": 0, "after_64mib": 1}
+
+
+def test_without_the_variable_nothing_is_changed():
+    assert keep_freed_blocks_in_heap({}) is False
+    assert keep_freed_blocks_in_heap({"MALLOC_MMAP_THRESHOLD_": str(64 * 1024**2)}) is False
+    out = _run_child({})
+    assert out["changed"] is False
