@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-timeout", type=float, default=3600.0, help="seconds before the training run is stopped")
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="torch threads for evaluation, rollout and training; unset: the cores other work leaves free (free_cores)",
+        help="torch threads for evaluation, rollout and training; unset: the cores other work leaves free now (free_cores)",
     )
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE",
@@ -114,8 +114,31 @@ def available_memory_gib(meminfo: str | None = None) -> float | None:
     return None
 
 
+def cpu_times(stat_text: str) -> tuple[int, int, int]:
+    """(all CPU time, idle + iowait time, cores) from the text of ``/proc/stat``, in clock ticks."""
+    lines = stat_text.splitlines()
+    fields = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return sum(fields), fields[3] + fields[4], cores
+
+
+def busy_cores(interval_s: float = 1.0) -> float:
+    """Cores busy with other work right now: the non-idle share of all CPU time in ``/proc/stat``
+    over ``interval_s``, times the number of cores. The 1-minute load average lags by minutes: right
+    after a job ends it still reads ~1 on an idle 2-core machine (the demo then ran on 1 thread)."""
+    try:
+        total0, idle0, cores = cpu_times(Path("/proc/stat").read_text())
+        time.sleep(interval_s)
+        total1, idle1, _ = cpu_times(Path("/proc/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    elapsed = total1 - total0
+    return 0.0 if elapsed <= 0 else cores * (1.0 - (idle1 - idle0) / elapsed)
+
+
 def free_cores(cpu_count: int, load_1min: float) -> int:
-    """Cores that other work leaves free: ``cpu_count`` minus the 1-minute load average, rounded, >= 1.
+    """Cores that other work leaves free: ``cpu_count`` minus the busy cores (:func:`busy_cores`, or
+    a load average), rounded, >= 1.
 
     OpenMP threads that outnumber the free cores wait for each other at every barrier: on this
     2-core machine with a load average of 6, evaluation generated 3.4 tokens/s with 2 threads (48 on
@@ -195,9 +218,10 @@ def training_overrides(
         f"actor_rollout_ref.rollout.n={s.samples}",
         f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={s.prompts_per_step}",
-        # 4 rows per forward/backward: with SmolLM2's 49k-token vocabulary the logits dominate; a plain
-        # AdamW loop on 126-token rows peaked at 2.12 GiB PSS with 4 rows, 2.77 with 8 (docs/cpu.md)
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 4)}",
+        # 2 rows per forward/backward: with SmolLM2's 49k-token vocabulary the logits dominate. A plain
+        # AdamW loop (16 rows of 144 tokens, 2 threads) peaked at 3.25 GiB with 2-row micro-batches and
+        # 3.63 with 4-row ones, and was no slower (19-21 s against 21-24 s per update; docs/cpu.md)
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 2)}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 4)}",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
@@ -379,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads={args.threads} must be >= 1")
     cores = os.cpu_count() or 1
-    threads = args.threads or free_cores(cores, os.getloadavg()[0])
-    say(f"torch threads: {threads} ({cores} cores, load average {os.getloadavg()[0]:.1f}{'' if args.threads else '; --threads to choose'})")
+    busy = busy_cores() if args.threads is None else float("nan")
+    threads = args.threads or free_cores(cores, busy)
+    say(f"torch threads: {threads} ({cores} cores, {busy:.1f} busy with other work over the last second, load average "
+        f"{os.getloadavg()[0]:.1f}{'' if args.threads else '; --threads to choose'})")
 
     # steps 1-2 in a child process: transformers (a first model build), reasoning-gym and pandas
     # would otherwise stay in this process's memory while verl trains

@@ -182,6 +182,38 @@ class HFBatchGenerator:
         self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else int(pad_token_id)
         self.logprobs_mode = logprobs_mode
         self.device = next(model.parameters()).device
+        # parameters whose storage release_weights freed, with their shapes: a weight sync must refill all
+        self._released: dict[int, tuple[torch.nn.Parameter, torch.Size]] = {}
+        self._unfilled: set[int] = set()
+
+    @property
+    def weights_missing(self) -> int:
+        """Parameters without weights: released by :meth:`release_weights` and not loaded since."""
+        return len(self._released) + len(self._unfilled)
+
+    @torch.no_grad()
+    def release_weights(self) -> int:
+        """Free every parameter's storage (verl's rollout ``sleep``); returns the bytes freed.
+
+        The parameters stay registered in the model (a tied ``lm_head`` stays tied); the next
+        :meth:`load_weights` allocates them again, and :meth:`generate` refuses to run until every
+        one of them has been loaded.
+        """
+        freed = 0
+        for param in self.model.parameters():  # unique parameters: a tied weight once
+            if id(param) in self._released:
+                continue
+            self._released[id(param)] = (param, param.shape)
+            self._unfilled.discard(id(param))
+            freed += param.numel() * param.element_size()
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+        return freed
+
+    def _reallocate_released(self) -> None:
+        for key, (param, shape) in self._released.items():
+            param.data = torch.empty(shape, dtype=param.dtype, device=param.device)
+            self._unfilled.add(key)
+        self._released.clear()
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -190,6 +222,8 @@ class HFBatchGenerator:
         Names are HF state-dict names. A tied ``lm_head.weight`` that shares storage with the
         embedding is filled through the embedding.
         """
+        if self._released:
+            self._reallocate_released()
         state = self.model.state_dict(keep_vars=True)
         copied = 0
         unknown = []
@@ -204,6 +238,7 @@ class HFBatchGenerator:
                     f"the rollout model expects {tuple(target.shape)}"
                 )
             target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            self._unfilled.discard(id(target))
             copied += 1
         if unknown:
             raise KeyError(f"hf_cpu rollout: weights not in the rollout model: {unknown[:10]} ({len(unknown)} in all)")
@@ -211,6 +246,12 @@ class HFBatchGenerator:
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Results in the order of ``requests``."""
+        if self.weights_missing:
+            raise RuntimeError(
+                f"hf_cpu rollout: {self.weights_missing} parameters have no weights: they were released (the "
+                "rollout's sleep) and the weight sync since did not load them; verl syncs the full weights "
+                "before every generation (checkpoint_engine.backend=naive)"
+            )
         results: list[Optional[GenerationResult]] = [None] * len(requests)
         groups: dict[SamplingSettings, list[int]] = {}
         for i, request in enumerate(requests):

@@ -50,7 +50,7 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from repo_ext.cpu.hf_generation import GenerationRequest, HFBatchGenerator, parse_sampling_params
-from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
+from repo_ext.cpu.malloc import keep_freed_blocks_in_heap, return_free_memory
 
 __all__ = [
     "ROLLOUT_NAME",
@@ -298,6 +298,12 @@ class HFRolloutServer:
             if not last:
                 return copied
             copied, self._sync_copied = self._sync_copied, 0
+            if self.generator.weights_missing:
+                raise ValueError(
+                    f"hf_cpu rollout: the weight sync for global_steps={global_steps} loaded {copied} tensors but "
+                    f"{self.generator.weights_missing} parameters of the rollout model got none since sleep() "
+                    "released them; the actor must send the full weights"
+                )
             checksum = self._weights_checksum()
         if global_steps is not None:
             self._start_step(global_steps)
@@ -312,10 +318,11 @@ class HFRolloutServer:
     def _weights_checksum(self) -> float:
         return float(sum(p.detach().sum(dtype=torch.float64).item() for p in self.generator.model.parameters()))
 
-    async def get_weights_checksum(self) -> float:
-        """Sum of all parameters (float64): lets a test see that the rollout's weights changed."""
+    async def get_weights_checksum(self) -> Optional[float]:
+        """Sum of all parameters (float64): lets a test see that the rollout's weights changed; None
+        while :meth:`sleep` has released weights that no sync has brought back."""
         async with self._model_lock:
-            return self._weights_checksum()
+            return None if self.generator.weights_missing else self._weights_checksum()
 
     async def get_batch_sizes(self) -> list[int]:
         return list(self.batch_sizes)
@@ -327,12 +334,24 @@ class HFRolloutServer:
         self.global_steps = global_steps
         self._occurrences.clear()
 
-    # ---------------------------------------------------------------- lifecycle (no device memory to free)
+    # ---------------------------------------------------------------- lifecycle
     async def wake_up(self, tags: Optional[list[str]] = None):
+        # weights come back with the next weight sync (verl's trainers sync after every sleep)
         return None
 
     async def sleep(self):
-        return None
+        """verl's trainers call this after every generation phase ("free weight and kv_cache device
+        memory") and sync the full weights before the next one. The weights are freed here: while
+        the actor trains, the rollout's copy of the model (0.5 GiB for a 135M model in fp32) is gone."""
+        async with self._model_lock:
+            freed = self.generator.release_weights()
+            trimmed = return_free_memory()
+        if freed:
+            print(
+                f"[hf_cpu] replica {self.replica_rank}: released {freed / 1024**2:.0f} MiB of weights until the "
+                f"next weight sync{'' if trimmed else ' (malloc_trim returned nothing)'}",
+                flush=True,
+            )
 
     async def clear_kv_cache(self):
         return None  # HF generate keeps no cache between calls

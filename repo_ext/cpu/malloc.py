@@ -18,13 +18,32 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["GLIBC_MMAP_THRESHOLD_MAX", "keep_freed_blocks_in_heap"]
+__all__ = ["GLIBC_MMAP_THRESHOLD_MAX", "keep_freed_blocks_in_heap", "return_free_memory"]
 
 # mallopt parameter numbers (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # glibc's ceiling for the dynamic mmap threshold on 64-bit systems: 4 * 1024 * 1024 * sizeof(long)
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024**2
+
+
+def _libc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def return_free_memory() -> bool:
+    """``malloc_trim(0)``: hand the free pages of every malloc arena back to the system (glibc), also
+    those between blocks still in use; after freeing many heap blocks (e.g. a model's weights below
+    the mmap threshold) the process's resident memory then drops. Returns whether memory was released."""
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is None:
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return malloc_trim(0) == 1
 
 
 def keep_freed_blocks_in_heap(environ: dict[str, str] | None = None) -> bool:
@@ -45,10 +64,8 @@ def keep_freed_blocks_in_heap(environ: dict[str, str] | None = None) -> bool:
             return False
     except ValueError:
         pass  # glibc ignores a value it cannot parse; setting ours is harmless
-    libc_name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(libc_name).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

@@ -159,6 +159,44 @@ def test_load_weights_replaces_the_model(tiny_model_path, tmp_path, tiny_tokeniz
         generator.load_weights([("model.norm.weight", torch.zeros(3))])
 
 
+def test_released_weights_come_back_with_a_full_sync_and_generation_refuses_until_then(
+    tiny_model_path, tmp_path, tiny_tokenizer
+):
+    from transformers import AutoModelForCausalLM
+
+    from repo_ext.assets.tiny_model import build_tiny_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "seed1", seed=1)).eval()
+    generator = HFBatchGenerator(model, [tiny_tokenizer.eos_token_id], tiny_tokenizer.pad_token_id)
+    request = GenerationRequest(prompt_ids=PROMPTS[1], max_tokens=6, sampling=SamplingSettings(temperature=0), logprobs=True)
+
+    unique = {id(p): p for p in model.parameters()}.values()  # the tied lm_head counted once
+    size = sum(p.numel() * p.element_size() for p in unique)
+    assert generator.release_weights() == size
+    assert all(p.numel() == 0 for p in model.parameters())
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    assert generator.release_weights() == 0  # twice: nothing more to free
+    with pytest.raises(RuntimeError, match="have no weights"):
+        generator.generate([request])
+
+    state = other.state_dict()
+    half = [(k, v) for k, v in state.items() if k.startswith("model.layers.0.")]
+    generator.load_weights(half)
+    assert 0 < generator.weights_missing < len(list(unique))
+    with pytest.raises(RuntimeError, match="have no weights"):
+        generator.generate([request])
+
+    generator.load_weights(state.items())
+    assert generator.weights_missing == 0
+    for name, tensor in state.items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    [result] = generator.generate([request])
+    expected = _greedy_by_hand(other, PROMPTS[1], 6)
+    eos = tiny_tokenizer.eos_token_id
+    assert result.token_ids == (expected[: expected.index(eos) + 1] if eos in expected else expected)
+
+
 def test_sampling_params_parsing_and_validation():
     settings, max_tokens, logprobs = parse_sampling_params(
         {"temperature": 0.5, "top_k": -1, "top_p": 0.9, "repetition_penalty": 1.0, "logprobs": True},

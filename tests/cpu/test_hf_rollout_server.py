@@ -159,6 +159,36 @@ def test_adapter_sends_weights_in_buckets(ray_cluster, server, configs, tmp_path
     assert out.extra_fields["global_steps"] == 9
 
 
+def test_sleep_frees_the_weights_until_the_next_full_sync(ray_cluster, server, configs, tmp_path, tiny_tokenizer):
+    """verl's trainers call sleep() after every generation phase and sync the full weights before the
+    next: the server drops its weights at sleep, refuses to generate or to end a partial sync, and
+    generates with the synced weights after a full one."""
+    from transformers import AutoModelForCausalLM
+
+    from repo_ext.assets.tiny_model import build_tiny_model
+    from repo_ext.cpu.hf_rollout import HFServerAdapter
+
+    rollout, model_config = configs
+    ray_cluster.get(server.sleep.remote(), timeout=60)
+    assert ray_cluster.get(server.get_weights_checksum.remote()) is None
+    with pytest.raises(Exception, match="have no weights"):
+        ray_cluster.get(server.generate.remote(prompt_ids=PROMPTS[0], sampling_params={"temperature": 0}, request_id="s"), timeout=60)
+
+    other = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "seed3", seed=3)).eval()
+    state = other.state_dict()
+    partial = {k: v for k, v in state.items() if k != "model.norm.weight"}
+    with pytest.raises(Exception, match="1 parameters of the rollout model got none"):
+        ray_cluster.get(server.update_weights.remote(partial, global_steps=11, last=True), timeout=60)
+
+    os.environ.setdefault("RANK", "0")
+    adapter = HFServerAdapter(config=rollout, model_config=model_config, device_mesh=None)
+    asyncio.run(adapter.update_weights(iter(state.items()), global_steps=12))
+    assert ray_cluster.get(server.get_weights_checksum.remote()) == pytest.approx(_checksum(other), rel=1e-12)
+    out = ray_cluster.get(server.generate.remote(prompt_ids=PROMPTS[1], sampling_params={"temperature": 0}, request_id="t"), timeout=60)
+    assert out.token_ids == _greedy_by_hand(other, PROMPTS[1], 16, tiny_tokenizer.eos_token_id)
+    assert out.extra_fields["global_steps"] == 12
+
+
 def test_abort_rejects_until_resumed(ray_cluster, server):
     result = ray_cluster.get(server.abort_all_requests.remote(reject_request=True), timeout=60)
     assert result["aborted_count"] == 0
