@@ -223,6 +223,10 @@ def training_overrides(
         # 3.63 with 4-row ones, and was no slower (19-21 s against 21-24 s per update; docs/cpu.md)
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={min(rows, 2)}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={min(rows, 4)}",
+        # old log-probs = the rollout's own (verl's bypass mode; hf_cpu returns the sampled tokens'
+        # log-probs of the temperature-scaled distribution): no second forward pass over the batch, 16-23 s
+        # of a ~100 s step. Replayed rows keep their stored log-probs (RePOTrainer._compute_old_log_prob).
+        "algorithm.rollout_correction.bypass_mode=true",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",

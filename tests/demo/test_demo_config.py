@@ -30,6 +30,11 @@ def test_default_overrides_compose():
     assert cfg.trainer.total_training_steps == p["steps"] and cfg.trainer.save_freq == p["steps"]
     assert cfg.actor_rollout_ref.rollout.name == "hf_cpu"  # from +preset=cpu
     assert cfg.reward.custom_reward_function.path == "pkg://repo_ext.data.reward"
+    # the rollout's log-probs serve as old log-probs (no recomputation pass); they come with every response
+    assert cfg.algorithm.rollout_correction.bypass_mode is True
+    assert cfg.actor_rollout_ref.rollout.calculate_log_probs is True
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 2
+    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "repo"  # bypass does not swap RePO's loss (V1)
 
 
 @pytest.mark.parametrize(
