@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import logging
 import os
 import re
 import time
@@ -61,8 +60,6 @@ __all__ = [
     "sample_identity",
     "server_actor_name",
 ]
-
-logger = logging.getLogger(__name__)
 
 ROLLOUT_NAME = "hf_cpu"
 _DEFAULT_BATCH_WAIT_MS = 200.0
