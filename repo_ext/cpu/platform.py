@@ -21,6 +21,8 @@ import psutil
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
+from repo_ext.cpu.malloc import return_free_memory
+
 __all__ = ["PlatformCPU", "CPU_PLATFORM_NAME", "cpu_platform_selected", "cpu_device_module"]
 
 CPU_PLATFORM_NAME = "cpu"
@@ -53,7 +55,9 @@ def _make_device_module() -> types.ModuleType:
         return None
 
     def empty_cache() -> None:
-        return None
+        # the CPU's "cache" is glibc's free lists: hand their pages back (verl calls this after updates
+        # and weight syncs, where a GPU run returns cached blocks)
+        return_free_memory()
 
     def ipc_collect() -> None:
         return None
@@ -173,7 +177,7 @@ class PlatformCPU(PlatformBase):
         return None
 
     def empty_cache(self) -> None:
-        return None
+        return_free_memory()
 
     def get_device_capability(self, device_index: int = 0) -> tuple[Optional[int], Optional[int]]:
         return None, None
