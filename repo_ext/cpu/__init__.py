@@ -24,13 +24,22 @@ ROLLOUT_NAME = "hf_cpu"
 
 
 def _register_rollout() -> None:
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
+    # verl's rollout registries live in modules that import its HTTP servers (fastapi, ~0.6 s): the
+    # entries are added when verl imports them, in the processes that start or call a rollout
+    from repo_ext.integration.on_import import call_after_import
 
+    call_after_import("verl.workers.rollout.base", _register_rollout_adapter)
+    call_after_import("verl.workers.rollout.replica", _register_rollout_replica)
+
+
+def _register_rollout_adapter(rollout_base) -> None:
     # verl keeps the adapter registry as a plain dict without a register function
     rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "repo_ext.cpu.hf_rollout.HFServerAdapter"
-    if ROLLOUT_NAME not in RolloutReplicaRegistry._registry:
-        RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+
+
+def _register_rollout_replica(replica) -> None:
+    if ROLLOUT_NAME not in replica.RolloutReplicaRegistry._registry:
+        replica.RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
 
 
 def _load_replica():

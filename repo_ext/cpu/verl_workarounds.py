@@ -87,7 +87,18 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    from repo_ext.integration.on_import import call_after_import
+
     _gloo_only_process_group()
+    # both need verl's FSDP engine module (with PEFT, ~0.5 s to import): done when verl imports it,
+    # in the processes that build an engine, not in every process that imports verl
+    call_after_import(FSDP_ENGINE_MODULE, _fsdp_engine_workarounds)
+    _applied = True
+
+
+FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+
+
+def _fsdp_engine_workarounds(_module=None) -> None:
     _register_fsdp_engines()
     _unpinned_cpu_offload_policy()
-    _applied = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from repo_ext.integration.on_import import call_after_import
+
 
 def register() -> None:
     """Register ``repo_split``, ``repo`` and the ``repo_sync`` trainer. Idempotent."""
@@ -15,10 +17,19 @@ def register() -> None:
         core_algos.register_adv_est(estimators.ADV_ESTIMATOR_NAME)(estimators.compute_repo_split_advantage)
     core_algos.register_policy_loss(estimators.POLICY_LOSS_NAME)(estimators.compute_repo_policy_loss)
 
-    # The trainer module registers itself with verl's V1 trainer registry on import. Importing it
-    # imports verl's engine package, which warns once per optional backend that is not installed
-    # (torchtitan, veomni, megatron, ...); a plain `import verl` does not, so in every process that
-    # imports verl those warnings would be ours.
+    # The trainer registers itself with verl's V1 trainer registry (a dict in trainer_base) when
+    # imported; that import costs 1.4 s and tens of MiB, so it happens when verl imports
+    # trainer_base (the TaskRunner does, to look the trainer up), not in every process.
+    call_after_import(TRAINER_BASE_MODULE, _register_trainer)
+
+
+TRAINER_BASE_MODULE = "verl.trainer.ppo.v1.trainer_base"
+
+
+def _register_trainer(_trainer_base=None) -> None:
+    # Importing the trainer imports verl's engine package, which warns once per optional backend
+    # that is not installed (torchtitan, veomni, megatron, ...); a plain `import verl` does not, so
+    # in every process that imports verl those warnings would be ours.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".* engine is not available")
         from repo_ext.integration import trainer  # noqa: F401

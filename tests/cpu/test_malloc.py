@@ -8,11 +8,21 @@ import sys
 
 import pytest
 
+from repo_ext.cpu import malloc as malloc_module
 from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
 
-_CHILD = r"""
+# the children load repo_ext/cpu/malloc.py by its path: importing the package would import verl (~8 s)
+_LOAD = r"""
+import importlib.util, sys
+_spec = importlib.util.spec_from_file_location("malloc_under_test", sys.argv[1])
+malloc_under_test = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(malloc_under_test)
+keep_freed_blocks_in_heap = malloc_under_test.keep_freed_blocks_in_heap
+return_free_memory = malloc_under_test.return_free_memory
+"""
+
+_CHILD = _LOAD + r"""
 import ctypes, json, sys
-from repo_ext.cpu.malloc import keep_freed_blocks_in_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -44,7 +54,7 @@ def _run_child(env_extra):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update(env_extra)
-    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", _CHILD, malloc_module.__file__], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,9 +77,8 @@ def test_without_the_variable_nothing_is_changed():
     assert out["changed"] is False
 
 
-_FRAGMENTED = r"""
+_FRAGMENTED = _LOAD + r"""
 import ctypes, json, sys
-from repo_ext.cpu.malloc import return_free_memory
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -100,7 +109,7 @@ def test_return_free_memory_hands_back_the_pages_of_freed_heap_blocks():
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.update(env_extra)
-    done = subprocess.run([sys.executable, "-c", _FRAGMENTED], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", _FRAGMENTED, malloc_module.__file__], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["released"] is True
