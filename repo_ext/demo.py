@@ -42,9 +42,10 @@ PRESETS = {
 
 
 # Free memory (GiB, MemAvailable) each preset needs: the peak PSS summed over the run's processes
-# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: quick 8.00 GiB, default
-# 8.31 GiB (session 3). Estimated, not measured: long (twice the tokens per row).
-REQUIRED_GIB = {"quick": 8.5, "default": 9.0, "long": 10.0}
+# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: default 7.17 GiB (session 4).
+# quick: not measured since session 2 (8.00 GiB then); estimated at 0.2 GiB below the default (half
+# its batch: smaller activations). long: estimated, not measured (twice the tokens per row).
+REQUIRED_GIB = {"quick": 7.5, "default": 7.7, "long": 9.0}
 
 
 @dataclass
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train RePO on SmolLM2-135M-Instruct with easy arithmetic on CPU, evaluate before/after, plot.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="run size (quick: 8.9 min measured on 2 cores)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="run size (default: 12.7 min measured on 2 cores)")
     parser.add_argument("--steps", type=int, help="training steps (overrides the preset)")
     parser.add_argument("--train-prompts", type=int, help="prompts in the training set")
     parser.add_argument("--prompts-per-step", type=int, help="prompts per training step (data.train_batch_size)")

@@ -137,3 +137,26 @@ def build_replay_row(template: dict[str, Any], entry: ReplayEntry, session_id: i
     row["uid"] = f"{row['uid']}{OFF_POLICY_UID_SUFFIX}"
     row[OFF_POLICY_FIELD] = torch.tensor(1, dtype=torch.int64)
     return row
+
+
+def canonical_insert_order(
+    prompt_keys: list[str],
+    responses: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    response_masks: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> list[int]:
+    """Row indices in the order one step's on-policy rows go into the store: rows keep their place
+    relative to other prompts' rows, and a prompt's own rows are sorted by their response tokens
+    (the tokens under the mask, compared as sequences; equal responses keep their row order).
+
+    verl's rollout hands a group's responses to its rows in the order the requests were served, so
+    the same responses can come back in another order in another run; the store's FIFO order (and
+    with it which samples ``recent_k`` and the ties of ``highest_k``/``max_variance_k`` pick) then
+    follows the responses, not the timing.
+    """
+    by_prompt: dict[str, list[int]] = {}
+    for i, key in enumerate(prompt_keys):
+        by_prompt.setdefault(key, []).append(i)
+    tokens = [tuple(int(t) for t in ids[mask.bool()].tolist()) for ids, mask in zip(responses, response_masks, strict=True)]
+    sorted_rows = {key: iter(sorted(rows, key=lambda i: (tokens[i], i))) for key, rows in by_prompt.items()}
+    # each prompt's slots, in row order, are filled with its rows in token order
+    return [next(sorted_rows[key]) for key in prompt_keys]

@@ -52,6 +52,7 @@ from repo_ext.integration.replay_rows import (
     NORM_ON_FIELD,
     OFF_POLICY_FIELD,
     build_replay_row,
+    canonical_insert_order,
     prompt_key,
     split_uid,
 )
@@ -567,13 +568,19 @@ class RePOTrainer(PPOTrainerSync):
         masks = data["response_mask"].unbind()
         logps = data["old_log_probs"].unbind()
         scores = data["rm_scores"].unbind()
+        prompt_keys = [state.prompt_key_of[key] for key in state.on_keys]
+        # A prompt's samples of one step enter the store in the order of their response tokens, not
+        # in the order the rollout returned them (request timing): FIFO ties (recent_k, highest_k and
+        # max_variance_k among equal rewards) then pick the same samples in two runs that generated
+        # the same responses.
+        order = canonical_insert_order(prompt_keys, responses, masks)
         insert_on_policy_rows(
             self.replay_store,
-            prompt_keys=[state.prompt_key_of[key] for key in state.on_keys],
-            responses=responses,
-            response_masks=masks,
-            behaviour_log_probs=logps,
-            token_scores=scores,
+            prompt_keys=[prompt_keys[i] for i in order],
+            responses=[responses[i] for i in order],
+            response_masks=[masks[i] for i in order],
+            behaviour_log_probs=[logps[i] for i in order],
+            token_scores=[scores[i] for i in order],
             step=self.global_steps,
             max_response_length=int(self.config.data.max_response_length),
             counters=self._bad_rows,

@@ -61,3 +61,25 @@ def test_prompt_key_depends_only_on_token_ids():
     assert prompt_key(torch.tensor([1, 2, 3])) == prompt_key(np.array([1, 2, 3], dtype=np.int32))
     assert prompt_key(torch.tensor([1, 2, 3])) != prompt_key(torch.tensor([1, 2, 4]))
     assert split_uid("abc") == ("abc", False)
+
+
+def test_canonical_insert_order_sorts_each_prompts_rows_by_response_tokens():
+    import torch
+
+    from repo_ext.integration.replay_rows import canonical_insert_order
+
+    t = lambda *ids: torch.tensor(ids)  # noqa: E731
+    keys = ["p", "q", "p", "p", "q"]
+    responses = [t(5, 6, 0), t(9, 0, 0), t(3, 9, 9), t(5, 4, 0), t(1, 1, 0)]
+    masks = [t(1, 1, 0), t(1, 0, 0), t(1, 1, 1), t(1, 1, 0), t(1, 1, 0)]
+    # p's rows 0, 2, 3 hold (5, 6), (3, 9, 9), (5, 4): token order (3, 9, 9) < (5, 4) < (5, 6) -> 2, 3, 0
+    # q's rows 1, 4 hold (9,), (1, 1): -> 4, 1; each prompt keeps its slots (p at 0, 2, 3; q at 1, 4)
+    assert canonical_insert_order(keys, responses, masks) == [2, 4, 3, 0, 1]
+    # the same responses handed to the rows in another order give the same stored sequence
+    perm = [3, 4, 0, 2, 1]
+    order = canonical_insert_order([keys[i] for i in perm], [responses[i] for i in perm], [masks[i] for i in perm])
+    stored = [(keys[perm[i]], tuple(responses[perm[i]][masks[perm[i]].bool()].tolist())) for i in order]
+    assert [r for k, r in stored if k == "p"] == [(3, 9, 9), (5, 4), (5, 6)]
+    assert [r for k, r in stored if k == "q"] == [(1, 1), (9,)]
+    # a padding position outside the mask does not count; equal responses keep their row order
+    assert canonical_insert_order(["p", "p"], [t(7, 1), t(7, 2)], [t(1, 0), t(1, 0)]) == [0, 1]
