@@ -189,11 +189,14 @@ def _rows(dump: Path, step: int) -> dict:
 
 def _rebuild(steps) -> ReplayStore:
     """The store the trainer must hold after training on these (dump, step) in order: every on-policy
-    row with a finite reward, in batch order, with the log-probs the actor saw. Written out here."""
+    row with a finite reward, a prompt's rows of one step in the order of their response tokens (equal
+    responses in batch order), with the log-probs the actor saw. Written out here."""
     store = ReplayStore(max_cache_size=4, min_cache_to_replay=2, max_store_bytes=4294967296, seed=42)
     for dump, step in steps:
         rows = _rows(dump, step)
-        for i, off in enumerate(rows["off_policy"]):
+        by_tokens = sorted(range(len(rows["off_policy"])), key=lambda i: (tuple(rows["responses"][i].tolist()), i))
+        for i in by_tokens:
+            off = rows["off_policy"][i]
             reward = float(rows["rm_scores"][i].sum())
             if off or not math.isfinite(reward):
                 continue
