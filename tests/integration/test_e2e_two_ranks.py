@@ -114,8 +114,9 @@ def _check_replay_step(m: dict, replayed: int) -> None:
     assert m["repo/replayed_rows"] == replayed and m["repo/prompts_with_replay"] == PROMPTS
     # the replayed rows' share of the real rows: padding rows (verl's no-op rows) do not count
     assert m["actor/repo/off_row_frac"] == pytest.approx(replayed / (ON_ROWS + replayed), abs=1e-9)
-    # pi_theta / pi_behaviour after a few small updates: near 1, not diluted by replay-free micro-batches
-    assert abs(m["actor/repo/off_ratio_mean"] - 1.0) < 0.1, m["actor/repo/off_ratio_mean"]
+    # pi_theta / pi_behaviour after a few updates of the tiny model at lr 1e-3: near 1, not diluted
+    # toward 0 by replay-free micro-batches (measured 0.9-1.12, depending on which samples are replayed)
+    assert abs(m["actor/repo/off_ratio_mean"] - 1.0) < 0.25, m["actor/repo/off_ratio_mean"]
     assert m["actor/repo/off_ratio_max"] >= m["actor/repo/off_ratio_mean"]
     assert m["repo/nonzero_adv_group_frac_all"] >= m["repo/nonzero_adv_group_frac_on"]
 
