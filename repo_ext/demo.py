@@ -228,6 +228,12 @@ def training_overrides(
         # log-probs of the temperature-scaled distribution): no second forward pass over the batch, 16-23 s
         # of a ~100 s step. Replayed rows keep their stored log-probs (RePOTrainer._compute_old_log_prob).
         "algorithm.rollout_correction.bypass_mode=true",
+        # ... which equal the actor's own log_softmax(logits / T) only when the rollout samples from the
+        # whole vocabulary: with repo_trainer.yaml's (the paper's) top_k=50 the rollout reports the
+        # top-50-renormalised log-probs (verl's processed_logprobs), and at step 1 of a SmolLM2 run they
+        # differed from the actor's recomputation by up to 0.022 in probability (mean 0.0013, KL 0.004);
+        # with top_k=-1, by at most 5.4e-6 (mean 1.1e-6, KL 1.6e-6; docs/cpu.md)
+        "actor_rollout_ref.rollout.top_k=-1",
         f"actor_rollout_ref.actor.optim.lr={s.lr}",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",

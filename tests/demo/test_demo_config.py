@@ -33,6 +33,8 @@ def test_default_overrides_compose():
     # the rollout's log-probs serve as old log-probs (no recomputation pass); they come with every response
     assert cfg.algorithm.rollout_correction.bypass_mode is True
     assert cfg.actor_rollout_ref.rollout.calculate_log_probs is True
+    # ...equal to the actor's full-vocabulary log-probs only without top-k (repo_trainer.yaml has the paper's 50)
+    assert cfg.actor_rollout_ref.rollout.top_k == -1 and cfg.actor_rollout_ref.rollout.top_p == 1.0
     assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 2
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "repo"  # bypass does not swap RePO's loss (V1)
 
