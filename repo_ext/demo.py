@@ -42,10 +42,9 @@ PRESETS = {
 
 
 # Free memory (GiB, MemAvailable) each preset needs: the peak PSS summed over the run's processes
-# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: default 7.17 GiB (session 4).
-# quick: not measured since session 2 (8.00 GiB then); estimated at 0.2 GiB below the default (half
-# its batch: smaller activations). long: estimated, not measured (twice the tokens per row).
-REQUIRED_GIB = {"quick": 7.5, "default": 7.7, "long": 9.0}
+# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: default 7.17 GiB (sessions 4
+# and 5), quick 6.94 GiB (session 5). long: estimated, not measured (twice the tokens per row).
+REQUIRED_GIB = {"quick": 7.4, "default": 7.7, "long": 9.0}
 
 
 @dataclass
