@@ -32,6 +32,7 @@ from pathlib import Path
 # Only light imports here: this process waits on verl for the whole run, and everything it imports
 # (verl, torch, pandas) would sit in memory all that time (~0.4 GiB).
 from repo_ext.process_group import kill_process_group
+from repo_ext.cpu.cores import usable_cpus
 
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"settings: {asdict(s)}; output folder {out}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads={args.threads} must be >= 1")
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     busy = busy_cores() if args.threads is None else float("nan")
     threads = args.threads or free_cores(cores, busy)
     say(f"torch threads: {threads} ({cores} cores, {busy:.1f} busy with other work over the last second, load average "

@@ -8,12 +8,18 @@
   ``\\boxed {17}``; both are read too.
 
 Model responses go through the same :func:`last_boxed`, so references and predictions are read
-alike.
+alike. :func:`answers_match` compares an extracted answer with the reference (math-verify).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+
+#: math-verify's bound on each parse and on the comparison, seconds
+DEFAULT_TIMEOUT_SECONDS = 5
+
+_logger = logging.getLogger(__name__)
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # a number as written in a response: optional sign, digits with optional thousands commas, decimals
@@ -85,3 +91,25 @@ def last_number(text: str) -> str | None:
     """
     numbers = _NUMBER.findall(text)
     return numbers[-1].replace(",", "") if numbers else None
+
+
+def answers_match(answer: str, ground_truth: str, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> bool:
+    """math-verify equivalence of an extracted answer and the ground truth (both LaTeX or plain).
+
+    Both are wrapped in ``\\boxed{}`` so math-verify reads exactly them. Uses ``signal.alarm``
+    when ``timeout_seconds`` is set: call it on a main thread (``reward.compute_score`` does, or
+    grades in ``grading_process`` off the main thread).
+    """
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    gold = parse(f"\\boxed{{{ground_truth}}}", [LatexExtractionConfig()], parsing_timeout=timeout_seconds)
+    if not gold:
+        _logger.warning("math-verify cannot parse the ground truth %r; scoring 0", ground_truth)
+        return False
+    predicted = parse(
+        f"\\boxed{{{answer}}}",
+        [LatexExtractionConfig(), ExprExtractionConfig()],
+        parsing_timeout=timeout_seconds,
+    )
+    return bool(predicted) and verify(gold, predicted, timeout_seconds=timeout_seconds)
+

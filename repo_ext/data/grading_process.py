@@ -45,7 +45,7 @@ class GradingProcess:
         atexit.register(self.close)
 
     def grade(self, answer: str, ground_truth: str, timeout_seconds: int) -> bool:
-        """``reward.answers_match(answer, ground_truth, timeout_seconds)`` run in the child.
+        """``answers.answers_match(answer, ground_truth, timeout_seconds)`` run in the child.
 
         Waits at most ``3 * timeout_seconds + 5`` seconds once the child is up (math-verify bounds
         each of two parses and the comparison by ``timeout_seconds``); returns False on a miss.
@@ -108,7 +108,7 @@ class GradingProcess:
 
 def serve() -> None:
     """Child side: grade one JSON request per stdin line until stdin closes."""
-    from repo_ext.data.reward import answers_match
+    from repo_ext.data.answers import answers_match
 
     replies = sys.stdout
     sys.stdout = sys.stderr  # anything a library prints must not end up in the protocol

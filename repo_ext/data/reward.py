@@ -33,16 +33,13 @@ can use the alarm, with an overall deadline as a backstop.
 
 from __future__ import annotations
 
-import logging
 import threading
 
-from repo_ext.data.answers import last_boxed, last_number
+from repo_ext.data.answers import DEFAULT_TIMEOUT_SECONDS, answers_match, last_boxed, last_number
 from repo_ext.data.grading_process import GradingProcess
 
 LAST_NUMBER_SOURCES = frozenset({"arithmetic"})
-DEFAULT_TIMEOUT_SECONDS = 5
 
-_logger = logging.getLogger(__name__)
 _grading_process = GradingProcess()  # starts a child only when called off the main thread
 
 
@@ -88,24 +85,3 @@ def final_answer(data_source: str, solution_str: str) -> str | None:
     if answer is None and data_source in LAST_NUMBER_SOURCES:
         answer = last_number(solution_str)
     return answer
-
-
-def answers_match(answer: str, ground_truth: str, timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS) -> bool:
-    """math-verify equivalence of an extracted answer and the ground truth (both LaTeX or plain).
-
-    Both are wrapped in ``\\boxed{}`` so math-verify reads exactly them. Uses ``signal.alarm``
-    when ``timeout_seconds`` is set: call it on a main thread (``compute_score`` does).
-    """
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    gold = parse(f"\\boxed{{{ground_truth}}}", [LatexExtractionConfig()], parsing_timeout=timeout_seconds)
-    if not gold:
-        _logger.warning("math-verify cannot parse the ground truth %r; scoring 0", ground_truth)
-        return False
-    predicted = parse(
-        f"\\boxed{{{answer}}}",
-        [LatexExtractionConfig(), ExprExtractionConfig()],
-        parsing_timeout=timeout_seconds,
-    )
-    return bool(predicted) and verify(gold, predicted, timeout_seconds=timeout_seconds)
-

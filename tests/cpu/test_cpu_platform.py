@@ -126,7 +126,7 @@ def test_preset_opts_in_every_process():
         "ray_env": "cpu",
         "process_env": "cpu",
         "device": "cpu",
-        "threads": str(os.cpu_count()),  # one training process per node: every core
+        "threads": str(len(os.sched_getaffinity(0))),  # one training process per node: every usable core
     }
 
 
@@ -143,7 +143,7 @@ def test_training_workers_get_the_nodes_cores_unless_the_shell_chose(monkeypatch
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", preset)
-    monkeypatch.setattr(opt_in.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(opt_in, "usable_cpus", lambda: cores)
     opt_in.set_worker_threads(OmegaConf.create({"trainer": {"n_gpus_per_node": per_node}}))
     assert os.environ["OMP_NUM_THREADS"] == expected
 

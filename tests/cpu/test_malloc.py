@@ -128,3 +128,17 @@ def test_the_cpu_platforms_empty_cache_returns_free_memory():
     finally:
         platform.return_free_memory = original
     assert called == [1]
+
+
+def test_the_c_library_is_looked_up_once_not_at_every_call(monkeypatch):
+    # find_library spawns ldconfig (~3 ms); return_free_memory runs at every empty_cache
+    calls = []
+    real = malloc_module.ctypes.util.find_library
+    monkeypatch.setattr(malloc_module.ctypes.util, "find_library", lambda name: calls.append(name) or real(name))
+    malloc_module._libc.cache_clear()
+    try:
+        for _ in range(5):
+            malloc_module.return_free_memory()
+        assert calls == ["c"]
+    finally:
+        malloc_module._libc.cache_clear()
