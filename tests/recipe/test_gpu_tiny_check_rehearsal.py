@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from repo_ext.process_group import kill_process_group
+
 SCRIPT = Path(__file__).resolve().parents[2] / "recipe" / "repo" / "gpu_tiny_check.sh"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(700)]
@@ -24,15 +26,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(700)]
 def test_the_tiny_check_passes_on_cpu_with_the_cpu_preset(tmp_path):
     out = tmp_path / "tiny"
     env = {**os.environ, "OUT_DIR": str(out), "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    # its own process group: on a timeout the script, verl and Ray's daemons are all killed
+    proc = subprocess.Popen(["bash", str(SCRIPT), "+preset=cpu"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run(["bash", str(SCRIPT), "+preset=cpu"], env=env, capture_output=True, text=True,
-                              timeout=600, start_new_session=True)
-    except subprocess.TimeoutExpired as e:
-        tail = (e.stdout or b"")[-4000:]
-        pytest.fail(f"gpu_tiny_check.sh +preset=cpu did not finish in 600 s; output tail:\n{tail}")
-    lines = done.stdout.splitlines()
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
+        stdout, _ = proc.communicate()
+        pytest.fail(f"gpu_tiny_check.sh +preset=cpu did not finish in 600 s; output tail:\n{stdout[-4000:]}")
+    lines = stdout.splitlines()
     checks = [line for line in lines if line.startswith(("PASS ", "FAIL ", "n/a "))]
-    assert done.returncode == 0, "\n".join(checks) or done.stdout[-4000:] + done.stderr[-4000:]
+    assert proc.returncode == 0, "\n".join(checks) or stdout[-4000:] + stderr[-4000:]
     assert not [line for line in checks if line.startswith("FAIL ")]
     # 1 (steps logged) + 1 (step 1) + 3 replay steps x 4 + 1 (rollout dumps); a replay step whose replayed
     # groups all had equal rewards prints "n/a" for its ratio instead of PASS (zero-advantage skipping)
