@@ -32,7 +32,7 @@ from pathlib import Path
 # Only light imports here: this process waits on verl for the whole run, and everything it imports
 # (verl, torch, pandas) would sit in memory all that time (~0.4 GiB).
 from repo_ext.process_group import kill_process_group
-from repo_ext.cpu.cores import usable_cpus
+from repo_ext.machine import available_memory_gib, busy_cores, free_cores, usable_cpus
 
 PRESETS = {
     # steps, prompts in the train set, prompts per step, samples per prompt, max response tokens, eval problems
@@ -99,53 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="start even when /proc/meminfo's MemAvailable is below what the preset needs (REQUIRED_GIB)",
     )
     return parser
-
-
-def available_memory_gib(meminfo: str | None = None) -> float | None:
-    """MemAvailable from ``/proc/meminfo`` (or the given text of it) in GiB; None where there is none."""
-    if meminfo is None:
-        try:
-            meminfo = Path("/proc/meminfo").read_text()
-        except OSError:
-            return None
-    for line in meminfo.splitlines():
-        name, _, value = line.partition(":")
-        if name == "MemAvailable":
-            return int(value.split()[0]) / 1024**2  # kB
-    return None
-
-
-def cpu_times(stat_text: str) -> tuple[int, int, int]:
-    """(all CPU time, idle + iowait time, cores) from the text of ``/proc/stat``, in clock ticks."""
-    lines = stat_text.splitlines()
-    fields = [int(x) for x in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
-    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
-    return sum(fields), fields[3] + fields[4], cores
-
-
-def busy_cores(interval_s: float = 1.0) -> float:
-    """Cores busy with other work right now: the non-idle share of all CPU time in ``/proc/stat``
-    over ``interval_s``, times the number of cores. The 1-minute load average lags by minutes: right
-    after a job ends it still reads ~1 on an idle 2-core machine (the demo then ran on 1 thread)."""
-    try:
-        total0, idle0, cores = cpu_times(Path("/proc/stat").read_text())
-        time.sleep(interval_s)
-        total1, idle1, _ = cpu_times(Path("/proc/stat").read_text())
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0]
-    elapsed = total1 - total0
-    return 0.0 if elapsed <= 0 else cores * (1.0 - (idle1 - idle0) / elapsed)
-
-
-def free_cores(cpu_count: int, load_1min: float) -> int:
-    """Cores that other work leaves free: ``cpu_count`` minus the busy cores (:func:`busy_cores`, or
-    a load average), rounded, >= 1.
-
-    OpenMP threads that outnumber the free cores wait for each other at every barrier: on this
-    2-core machine with a load average of 6, evaluation generated 3.4 tokens/s with 2 threads (48 on
-    the idle machine); see docs/cpu.md. On an idle machine this is every core.
-    """
-    return max(1, min(cpu_count, round(cpu_count - load_1min)))
 
 
 def check_memory(preset: str, available_gib: float | None) -> None:

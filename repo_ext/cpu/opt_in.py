@@ -20,7 +20,7 @@ The same callback gives the training workers their threads: Ray sets ``OMP_NUM_T
 actor's ``num_cpus`` (1 for verl's workers) wherever the variable is unset, so a CPU actor would
 train on one core whatever the machine has (measured here: the actor update of a 32-row step ran
 at 100% of one core of two). Unless the launching shell sets it, the callback sets
-``OMP_NUM_THREADS`` = usable CPUs (affinity mask, cgroup quota: ``repo_ext.cpu.cores``) // training processes per node (:func:`worker_threads`) before verl
+``OMP_NUM_THREADS`` = usable CPUs (affinity mask, cgroup quota: ``repo_ext.machine``) // training processes per node (:func:`worker_threads`) before verl
 starts Ray; a local Ray cluster's workers inherit it.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from repo_ext.cpu.cores import usable_cpus
+from repo_ext.machine import usable_cpus
 from repo_ext.cpu.platform import CPU_PLATFORM_NAME, PLATFORM_ENV, PlatformCPU
 
 

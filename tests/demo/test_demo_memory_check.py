@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from repo_ext import demo
-from repo_ext.demo import REQUIRED_GIB, available_memory_gib, check_memory
+from repo_ext import demo, machine
+from repo_ext.demo import REQUIRED_GIB, check_memory
+from repo_ext.machine import available_memory_gib
 
 MEMINFO = """MemTotal:       24576000 kB
 MemFree:         1000000 kB
@@ -61,21 +62,21 @@ def test_requirements_grow_with_the_preset():
 )
 def test_free_cores(cores, load, threads):
     # cores minus the load average, rounded, between 1 and the cores
-    assert demo.free_cores(cores, load) == threads
+    assert machine.free_cores(cores, load) == threads
 
 
 def test_cpu_times_from_proc_stat_by_hand():
     before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\ncpu1 50 0 25 400 25 0 0 0 0 0\nintr 1\n"
     after = "cpu  250 0 100 850 50 0 0 0 0 0\ncpu0 125 0 50 425 25 0 0 0 0 0\ncpu1 125 0 50 425 25 0 0 0 0 0\nintr 2\n"
-    assert demo.cpu_times(before) == (1000, 850, 2)
-    total0, idle0, cores = demo.cpu_times(before)
-    total1, idle1, _ = demo.cpu_times(after)
+    assert machine.cpu_times(before) == (1000, 850, 2)
+    total0, idle0, cores = machine.cpu_times(before)
+    total1, idle1, _ = machine.cpu_times(after)
     # 250 ticks passed, 50 of them idle: 80% busy on 2 cores = 1.6 busy cores -> 0.4 free -> 1 thread
     assert cores * (1 - (idle1 - idle0) / (total1 - total0)) == pytest.approx(1.6)
-    assert demo.free_cores(cores, 1.6) == 1
+    assert machine.free_cores(cores, 1.6) == 1
 
 
 def test_busy_cores_of_this_machine_is_between_zero_and_its_cores():
     import os
 
-    assert 0.0 <= demo.busy_cores(0.2) <= (os.cpu_count() or 1) + 1e-9
+    assert 0.0 <= machine.busy_cores(0.2) <= (os.cpu_count() or 1) + 1e-9

@@ -1,4 +1,4 @@
-"""repo_ext.cpu.cores: CPUs a process may use, against hand-written cgroup files and the affinity mask."""
+"""repo_ext.machine: CPUs a process may use, against hand-written cgroup files and the affinity mask."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from repo_ext.cpu import cores
+from repo_ext import machine as cores
 
 
 @pytest.mark.parametrize(
