@@ -22,7 +22,7 @@ import sys
 import time
 
 SETTINGS = [
-    "rows=2,foreach=1,ckpt=0",  # the demo until session 5 (torch's default AdamW: foreach)
+    "rows=2,foreach=1,ckpt=0",  # the demo before commit 0a11adf (torch's default AdamW: foreach)
     "rows=2,foreach=0,ckpt=0",
     "rows=1,foreach=0,ckpt=0",
     "rows=2,foreach=0,ckpt=1",

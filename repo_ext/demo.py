@@ -43,8 +43,8 @@ PRESETS = {
 
 
 # Free memory (GiB, MemAvailable) each preset needs: the peak PSS summed over the run's processes
-# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured: default 7.17 GiB (sessions 4
-# and 5), quick 6.94 GiB (session 5). long: estimated, not measured (twice the tokens per row).
+# (benchmarks/bench_memory.py, docs/cpu.md) plus about 0.5 GiB. Measured (2026-12-04): default 7.17 GiB (commits
+# 35553d8 and 65013cb), quick 6.94 GiB (b8ac6ea). long: estimated, not measured (twice the tokens per row).
 REQUIRED_GIB = {"quick": 7.4, "default": 7.7, "long": 9.0}
 
 
