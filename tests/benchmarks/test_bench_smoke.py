@@ -6,6 +6,7 @@ two arms (verl's stock GRPO, RePO recent_k), one step each, no held-out evaluati
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -110,56 +111,85 @@ def test_prompt_steps_from_both_dumps_by_hand(bench, tmp_path):
 
     raw = torch.load(dump / "step_2.pt", weights_only=False)
     raw["uid"] = [u.replace("__off", OFF_POLICY_UID_SUFFIX) for u in raw["uid"]]
+    # the trainer's prompt identity (a hash of the prompt's token ids), the same for a prompt's replayed rows
+    raw["prompt_key"] = ["key-a", "key-a", "key-a", "key-a", "key-b", "key-b"]
     torch.save(raw, dump / "step_2.pt")
     records = {r["group"]: r for r in bench.prompt_steps_from_repo_dump(dump)}
-    assert records["a"] == {"step": 2, "group": "a", "on_nonzero": 1, "off_nonzero": 0, "either_nonzero": 1, "reward": 0.5}
-    assert records["b"] == {"step": 2, "group": "b", "on_nonzero": 0, "off_nonzero": None, "either_nonzero": 0, "reward": 0.0}
+    assert records["a"] == {"step": 2, "group": "a", "prompt": "key-a", "on_nonzero": 1, "off_nonzero": 0, "either_nonzero": 1,
+                            "reward": 0.5}
+    assert records["b"] == {"step": 2, "group": "b", "prompt": "key-b", "on_nonzero": 0, "off_nonzero": None, "either_nonzero": 0,
+                            "reward": 0.0}
 
     rollouts = tmp_path / "rollouts"
     rollouts.mkdir()
-    lines = [{"uid": "u1_0_0", "score": 1.0}, {"uid": "u1_1_0", "score": 1.0}, {"uid": "u2_0_0", "score": 0.0},
-             {"uid": "u2_1_0", "score": 1.0}]
+    lines = [{"uid": "u1_0_0", "score": 1.0, "input": "1 + 2 ="}, {"uid": "u1_1_0", "score": 1.0, "input": "1 + 2 ="},
+             {"uid": "u2_0_0", "score": 0.0, "input": "3 - 1 ="}, {"uid": "u2_1_0", "score": 1.0, "input": "3 - 1 ="}]
     (rollouts / "3.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     records = {r["group"]: r for r in bench.prompt_steps_from_rollout_dump(rollouts)}
     assert records["u1"]["on_nonzero"] == 0 and records["u1"]["reward"] == 1.0  # all equal: no gradient
     assert records["u2"]["on_nonzero"] == 1 and records["u2"]["reward"] == 0.5 and records["u2"]["step"] == 3
+    # stock GRPO's prompt identity: the decoded prompt text, hashed (stable across the run's steps)
+    assert records["u2"]["prompt"] == "text:" + hashlib.blake2b(b"3 - 1 =", digest_size=16).hexdigest()
 
 
-def _ps(step, on, off=None, reward=0.5):
-    return {"step": step, "group": f"g{step}", "on_nonzero": on, "off_nonzero": off,
+def _ps(step, on, off=None, reward=0.5, prompt=None):
+    return {"step": step, "group": f"g{step}", "prompt": prompt or f"p{step}", "on_nonzero": on, "off_nonzero": off,
             "either_nonzero": int(on or bool(off)), "reward": reward}
 
 
 def test_estimates_by_hand(bench):
     # step 1: no replay; step 5: a replay step the baseline did not run
-    repo_ps = [_ps(2, 1, 0), _ps(2, 0, 1), _ps(3, 0, 0), _ps(3, 1, 1), _ps(1, 1), _ps(5, 1, 1)]
+    repo_ps = [_ps(2, 1, 0, prompt="x"), _ps(2, 0, 1, prompt="y"), _ps(3, 0, 0, prompt="x"), _ps(3, 1, 1, prompt="y"), _ps(1, 1),
+               _ps(5, 1, 1, prompt="x")]
     base_ps = [_ps(2, 1), _ps(2, 0), _ps(3, 0), _ps(3, 0), _ps(4, 1)]
+    problems = [{"index": i, "correct": c, "tokens": 10 + i, "truncated": 0} for i, c in enumerate([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])]
+    base_problems = [{"index": i, "correct": 0, "tokens": 48, "truncated": 1} for i in range(10)]
     arms = {
         "recent_k_skip": {"prompt_steps": repo_ps, "load_avg_mean": 1.0,
                           "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 1, 12.0, 0), _row(3, 0.5, 0.5, 15.0, 0)],
-                          "heldout": {"correct": 5, "problems": 10}},
+                          "heldout": {"correct": 5, "problems": 10, "pass@1": 0.5, "per_problem": problems},
+                          "evaluations": {"2": {"pass@1": 0.3}, "3": {"pass@1": 0.5}}},
+        "grpo_skip": {"prompt_steps": base_ps, "load_avg_mean": 3.0,
+                      "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 8.0, 0), _row(3, 0, 0, 5.0, 0)]},
         "stock_grpo": {"prompt_steps": base_ps, "load_avg_mean": 2.0,
                        "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 10.0, 0), _row(3, 0, 0, 10.0, 0)]},
     }
-    est = bench.estimates({"arms": arms, "replay_steps": [2, 3, 5], "base_heldout": {"correct": 0, "problems": 10}},
+    est = bench.estimates({"arms": arms, "replay_steps": [2, 3, 5],
+                           "base_heldout": {"correct": 0, "problems": 10, "pass@1": 0.0, "per_problem": base_problems}},
                           resamples=200)
     assert est["baseline"] == "stock_grpo"
     w = est["within_run"]["recent_k_skip"]
-    # replay steps 2, 3, 5: on 3 of 5, on-or-replayed 4 of 5
-    assert (w["prompt_steps"], w["on"]["estimate"], w["on_or_replayed"]["estimate"]) == (5, 0.6, 0.8)
+    # replay steps 2, 3, 5: on 3 of 5, on-or-replayed 4 of 5; two prompts (x: 3 visits, y: 2)
+    assert (w["prompt_steps"], w["prompts"], w["on"]["estimate"], w["on_or_replayed"]["estimate"]) == (5, 2, 0.6, 0.8)
     assert w["ratio"]["estimate"] == pytest.approx(4 / 3)
+    assert w["per_step"] == {"step": [2, 3, 5], "on": [1, 1, 1], "either": [2, 1, 1], "prompts": [2, 2, 1]}
     # against stock GRPO over the replay steps both ran, 2-3 (RePO's step 5 and GRPO's step 4 left
     # out): RePO 3/4 over GRPO 1/4
     vs = est["vs_baseline"]["recent_k_skip"]
     assert vs["prompt_steps"] == [4, 4] and vs["steps"] == [2, 3] and vs["ratio"]["estimate"] == pytest.approx(3.0)
-    t = est["step_time"]["recent_k_skip"]
-    # per-step ratios 12/10 and 15/10; ratio of means 13.5 / 10
-    assert t["steps"] == 2 and t["per_step_ratio"]["median"] == pytest.approx(1.35)
-    assert t["ratio_of_means"]["estimate"] == pytest.approx(1.35) and t["load_avg"] == {"recent_k_skip": 1.0, "stock_grpo": 2.0}
+    t = est["step_time"]["recent_k_skip / stock_grpo"]
+    # steps 2, 3: mean 13.5 s against 10 s
+    assert t["steps"] == 2 and t["ratio_of_means"]["estimate"] == pytest.approx(1.35)
+    assert t["load_avg"] == {"recent_k_skip": 1.0, "stock_grpo": 2.0}
+    # replay's marginal cost: against GRPO with the same skipping, 13.5 / 6.5; grpo_skip had no signal
+    # in step 3 (on-policy fraction 0), so its whole update was skipped there
+    m = est["step_time"]["recent_k_skip / grpo_skip"]
+    assert m["ratio_of_means"]["estimate"] == pytest.approx(13.5 / 6.5)
+    assert m["whole_update_skipped"] == {"recent_k_skip": [], "grpo_skip": [3]}
+    assert m["ratio_without_skipped_steps"] == pytest.approx(12.0 / 8.0)
+    assert est["step_time"]["grpo_skip / stock_grpo"]["ratio_of_means"]["estimate"] == pytest.approx(6.5 / 10)
     assert est["heldout"]["recent_k_skip"]["low"] == pytest.approx(0.23660, abs=1e-5)
     assert est["heldout"]["base model"]["high"] == pytest.approx(0.27753, abs=1e-5)
+    # paired on the same 10 problems: the base model right on none, RePO on 5: McNemar p = 2 / 2^5
+    paired = est["heldout_paired"]["base model - recent_k_skip"]
+    assert paired["mcnemar"]["first_only"] == 5 and paired["mcnemar"]["p_value"] == pytest.approx(0.0625)
+    assert paired["difference"]["estimate"] == pytest.approx(-0.5)
+    assert paired["tokens"] == {"first_mean": 14.5, "second_mean": 48.0, "first_truncated": 0.0, "second_truncated": 1.0}
+    # accuracy curve 0 -> 0.3 -> 0.5 at steps 0, 2, 3: (0.15 x 2 + 0.4 x 1) / 3
+    assert est["curves"]["recent_k_skip"]["auc"] == pytest.approx(0.7 / 3)
     table = "\n".join(bench.estimates_markdown(est))
-    assert "| recent_k_skip | 5 | 0.600 [" in table and "| base model | 0 / 10 |" in table
+    assert "| recent_k_skip | 5 (2) | 0.600 [" in table and "| base model | 0 / 10 |" in table
+    assert "| recent_k_skip / grpo_skip | 2 | 2.08 [" in table
 
 
 def test_plan_by_hand(bench):
@@ -259,3 +289,21 @@ def test_one_step_two_arms_on_the_tiny_model(bench, tmp_path):
     assert written["replay_steps"] == []
     assert written["ratios"]["recent_k"]["step_time_ratio_all_steps"] > 0
     assert written["estimates"]["baseline"] == "stock_grpo"
+
+
+def test_grpo_skip_arm_and_accuracy_curve_checkpoints(bench, tmp_path):
+    # GRPO with RePO's exact skipping: no replay (strategy none), skipping forced on
+    args = bench.parse_args(["--arms", "grpo_skip,recent_k_skip", "--steps", "10", "--eval-every", "4", "--eval-temperature", "0"])
+    s = bench.settings_from_args(args, bench.parse_arms(args.arms))
+    setup = bench.Setup(tmp_path / "m", tmp_path / "t.parquet", "pkg://r", 64)
+    skip = bench.arm_overrides(s, setup, "grpo_skip", tmp_path / "run", save=True)
+    assert "algorithm.repo.strategy=none" in skip and "algorithm.repo.skip_zero_advantage_rows=true" in skip
+    # checkpoints every 4 steps (verl also saves the last): evaluated at 4, 8 and 10
+    assert "trainer.save_freq=4" in skip and bench.eval_steps_of(s, "grpo_skip") == [4, 8, 10]
+    assert s.eval_temperature == 0.0 and "grpo_skip" in bench.GRPO_ARMS
+    assert bench.whole_update_skipped_steps("grpo_skip", [{"step": 3, "nonzero_adv_frac_on": 0.0},
+                                                          {"step": 4, "nonzero_adv_frac_on": 0.25}]) == [3]
+    # stock GRPO never skips
+    assert bench.whole_update_skipped_steps("stock_grpo", [{"step": 3, "nonzero_adv_frac_on": 0.0}]) == []
+    with pytest.raises(SystemExit, match="--eval-every=-1"):
+        bench.settings_from_args(bench.parse_args(["--eval-every", "-1"]))
