@@ -3,6 +3,7 @@
 No verl, Ray or Hydra import here; ``repo_ext.integration`` binds these to verl.
 
 - :mod:`~repo_ext.algorithm.store`: :class:`ReplayStore`, :class:`ReplayEntry`.
+- :mod:`~repo_ext.algorithm.loss_mask`: a stored response's loss mask at one bit per token.
 - :mod:`~repo_ext.algorithm.retrieval`: :data:`STRATEGIES`, :func:`select_replay_indices`.
 - :mod:`~repo_ext.algorithm.advantages`: :func:`group_advantages` (split / mixed).
 - :mod:`~repo_ext.algorithm.loss`: :func:`repo_policy_loss`.

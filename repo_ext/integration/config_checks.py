@@ -18,12 +18,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from repo_ext.algorithm.config import RePOConfig
+from repo_ext.algorithm.store import BYTES_PER_TOKEN, entry_nbytes
 from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
 from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows
 from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, repo_config_from_algorithm
 
-#: bytes one stored response token takes (int32 id + float32 behaviour log-prob)
-STORE_BYTES_PER_TOKEN = 8
+#: bytes one stored response token takes (int32 id + float32 behaviour log-prob); a response with
+#: non-loss tokens (multi-turn tool output) also stores its loss mask, 1 bit per token rounded up to
+#: whole bytes (``store.entry_nbytes``)
+STORE_BYTES_PER_TOKEN = BYTES_PER_TOKEN
 
 
 def check_repo_wiring(config: DictConfig, repo: RePOConfig) -> None:
@@ -85,12 +88,13 @@ def check_repo_batch_settings(config: DictConfig, repo: RePOConfig) -> None:
             "algorithm.repo.loss_weighting=reference."
         )
     max_response_length = int(config.data.max_response_length)
-    one_response = STORE_BYTES_PER_TOKEN * max_response_length
+    # the largest entry: a full-length response with tool tokens, which carries its loss mask
+    one_response = entry_nbytes(max_response_length, masked=True)
     if repo.strategy != "none" and repo.max_store_bytes is not None and repo.max_store_bytes < one_response:
         raise ValueError(
             f"algorithm.repo.max_store_bytes={repo.max_store_bytes} cannot hold one response of "
-            f"data.max_response_length={max_response_length} tokens ({STORE_BYTES_PER_TOKEN} bytes per token: "
-            f"{one_response} bytes). Use max_store_bytes >= {one_response}; for replay to reach the gate it must "
+            f"data.max_response_length={max_response_length} tokens ({STORE_BYTES_PER_TOKEN} bytes per token, plus "
+            f"1 bit per token for a response with tool tokens: {one_response} bytes). Use max_store_bytes >= {one_response}; for replay to reach the gate it must "
             f"hold min_cache_to_replay={repo.min_cache_to_replay} responses of every prompt of an epoch, or null "
             "for no cap."
         )

@@ -17,19 +17,26 @@ saves the actor and writes its tracker file ``latest_checkpointed_iteration.txt`
 last). A process killed while saving therefore leaves the tracker pointing at the previous,
 complete checkpoint.
 
-File format (version 2), written and read sequentially without holding a serialised copy::
+File format (version 3), written and read sequentially without holding a serialised copy::
 
-    b"REPOST02" | header length (u64, little-endian) | header (UTF-8 JSON) | SHA-256 of the header
-    | per-entry arrays (prompt_sizes, entry_seq, entry_length, step: int64; reward: float64)
-    | per entry: its token ids (int32) then its log-probs (float32), little-endian
+    b"REPOST03" | header length (u64, little-endian) | header (UTF-8 JSON) | SHA-256 of the header
+    | per-entry arrays (prompt_sizes, entry_seq, entry_length, step: int64; reward: float64;
+      entry_masked: uint8 0/1)
+    | per entry: its token ids (int32), its log-probs (float32), little-endian, and for an entry
+      with entry_masked=1 its packed loss mask (ceil(L/8) bytes, ``store.pack_loss_mask``)
     | SHA-256 of every byte before it
 
 The header holds the step, the caller's ``extra`` dict and :meth:`ReplayStore.state_header`. Its
 own digest is checked before anything in it is trusted (so the step check cannot be fooled by a
 damaged header); the final digest is checked after the last entry is read and before the store is
 changed. Saving writes the store's own arrays (no copy); loading reads each entry straight into
-the array the store keeps. The version-1 format (one pickle, at ``global_step_<N>/repo_store.pt``)
-of earlier releases is still read, with that format's memory cost (about 3x the payload).
+the array the store keeps.
+
+Earlier formats are still read. They were written when responses with non-loss tokens (tool
+output of a multi-turn agent loop) were never stored, so every entry in them loads with an
+all-ones loss mask, which is exactly what was stored: version 2 (``b"REPOST02"``, the layout
+above without ``entry_masked`` and mask bytes) and version 1 (one pickle, at
+``global_step_<N>/repo_store.pt``, with that format's memory cost of about 3x the payload).
 """
 
 from __future__ import annotations
@@ -51,8 +58,10 @@ from repo_ext.algorithm.store import ReplayStore
 
 STORE_FILENAME = "repo_store.pt"
 STORE_SUBDIR = "actor"
-FORMAT_VERSION = 2
-_MAGIC = b"REPOST02"
+FORMAT_VERSION = 3
+_MAGIC = b"REPOST03"
+#: version 2: no loss masks (every entry all ones)
+_MAGIC_V2 = b"REPOST02"
 _LENGTH = struct.Struct("<Q")
 _DIGEST_BYTES = hashlib.sha256().digest_size
 # name and dtype of each per-entry (per-prompt for prompt_sizes) array, in file order
@@ -62,8 +71,9 @@ _ENTRY_ARRAYS = (
     ("entry_length", np.dtype("<i8")),
     ("step", np.dtype("<i8")),
     ("reward", np.dtype("<f8")),
+    ("entry_masked", np.dtype("u1")),
 )
-_IDS, _LOG_PROBS = np.dtype("<i4"), np.dtype("<f4")
+_IDS, _LOG_PROBS, _MASK_BITS = np.dtype("<i4"), np.dtype("<f4"), np.dtype("u1")
 
 
 def store_path(step_dir: str | os.PathLike) -> Path:
@@ -104,6 +114,7 @@ def save_store_state(
         "store": store.state_header(),
         "num_entries": int(arrays["entry_length"].shape[0]),
         "num_tokens": int(arrays["entry_length"].sum()),
+        "num_mask_bytes": int(((arrays["entry_length"] + 7) // 8)[arrays["entry_masked"]].sum()),
     }
     header_bytes = json.dumps(header, allow_nan=False).encode()
 
@@ -118,9 +129,11 @@ def save_store_state(
         out.write(hashlib.sha256(header_bytes).digest())
         for name, dtype in _ENTRY_ARRAYS:
             out.write(memoryview(arrays[name].astype(dtype, copy=False)))
-        for ids, log_probs in store.iter_entry_tokens():
+        for ids, log_probs, mask_bits in store.iter_entry_tokens():
             out.write(memoryview(ids))
             out.write(memoryview(log_probs))
+            if mask_bits is not None:
+                out.write(memoryview(mask_bits))
         raw.write(out.digest())
         raw.flush()
         os.fsync(raw.fileno())
@@ -160,11 +173,12 @@ def load_store_state(
     with open(path, "rb") as raw:
         src = _HashingReader(raw, path)
         magic = src.read_exact(len(_MAGIC))
-        if magic != _MAGIC:
+        if magic not in (_MAGIC, _MAGIC_V2):
             raise ValueError(
-                f"RePO replay store {path} has an unknown format (expected version {FORMAT_VERSION}, "
+                f"RePO replay store {path} has an unknown format (expected version {FORMAT_VERSION} or 2, "
                 f"file starts with {magic!r})"
             )
+        with_masks = magic == _MAGIC
         (header_len,) = _LENGTH.unpack(src.read_exact(_LENGTH.size))
         if header_len > size:
             raise ValueError(f"RePO replay store {path} is damaged: header length {header_len} > file size {size}")
@@ -179,8 +193,10 @@ def load_store_state(
             )
         num_prompts = len(header["store"]["prompt_keys"])
         num_entries, num_tokens = header["num_entries"], header["num_tokens"]
+        num_mask_bytes = header["num_mask_bytes"] if with_masks else 0
         expected_size = (
-            src.position + 8 * num_prompts + 32 * num_entries + 8 * num_tokens + _DIGEST_BYTES
+            src.position + 8 * num_prompts + (33 if with_masks else 32) * num_entries + 8 * num_tokens
+            + num_mask_bytes + _DIGEST_BYTES
         )
         if size != expected_size:
             raise ValueError(
@@ -189,12 +205,21 @@ def load_store_state(
         arrays = {
             name: src.read_array(dtype, num_prompts if name == "prompt_sizes" else num_entries)
             for name, dtype in _ENTRY_ARRAYS
+            if with_masks or name != "entry_masked"
         }
         lengths = arrays["entry_length"]
         if lengths.shape[0] and (int(lengths.min()) < 0 or int(lengths.sum()) != num_tokens):
             raise ValueError(f"RePO replay store {path} is damaged: entry lengths do not add up to {num_tokens} tokens")
+        masked = arrays.pop("entry_masked", np.zeros(num_entries, dtype=np.uint8))
+        if masked.shape[0] and (
+            int(masked.max()) > 1 or int(((lengths + 7) // 8)[masked == 1].sum()) != num_mask_bytes
+        ):
+            raise ValueError(f"RePO replay store {path} is damaged: its loss mask flags do not add up to {num_mask_bytes} bytes")
+        state = {**header["store"], **arrays, "entry_masked": masked.astype(np.bool_)}
+        if not with_masks:  # a version-2 file holds a version-1 store state: no masks
+            state.pop("entry_masked")
         try:
-            store.load_state_stream({**header["store"], **arrays}, _read_tokens(src, lengths.tolist(), path))
+            store.load_state_stream(state, _read_tokens(src, lengths.tolist(), masked.tolist(), path))
         except _DamagedFile:
             raise
         except ValueError as exc:
@@ -205,10 +230,14 @@ def load_store_state(
     return header["extra"]
 
 
-def _read_tokens(src: _HashingReader, lengths: list[int], path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each entry's (ids, log-probs), read into fresh arrays; the file digest is checked after the last."""
-    for length in lengths:
-        yield src.read_array(_IDS, length), src.read_array(_LOG_PROBS, length)
+def _read_tokens(
+    src: _HashingReader, lengths: list[int], masked: list[int], path: Path
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Each entry's (ids, log-probs, packed loss mask or None), read into fresh arrays; the file
+    digest is checked after the last."""
+    for length, has_mask in zip(lengths, masked, strict=True):
+        ids, log_probs = src.read_array(_IDS, length), src.read_array(_LOG_PROBS, length)
+        yield ids, log_probs, src.read_array(_MASK_BITS, (length + 7) // 8) if has_mask else None
     if not src.rest_matches_digest(src.position):
         raise _DamagedFile(f"RePO replay store {path} is damaged: its checksum does not match")
 

@@ -162,7 +162,8 @@ def test_byte_cap_evicts_the_globally_oldest_first():
     assert store.nbytes == 200 and store.num_prompts == 1 and steps(store, "c") == [3, 4, 5]
     assert (store.num_byte_evictions, store.num_capacity_evictions, store.num_evictions) == (3, 0, 3)
     assert store.stats() == {
-        "num_prompts": 1, "num_replayable_prompts": 1, "num_entries": 3, "nbytes": 200, "max_store_bytes": 200,
+        "num_prompts": 1, "num_replayable_prompts": 1, "num_entries": 3, "num_masked_entries": 0, "nbytes": 200,
+        "max_store_bytes": 200,
         "num_inserted": 6, "num_evictions": 3, "num_capacity_evictions": 0, "num_byte_evictions": 3,
     }
 
@@ -342,3 +343,175 @@ def test_load_validation():
     with pytest.raises(ValueError, match="corrupt"):
         target.load_state_dict(corrupt)
     assert steps(target, "keep") == [0]  # a failed load leaves the store as it was
+
+
+# ---------------------------------------------------------------- loss masks (multi-turn tool output)
+
+from repo_ext.algorithm.loss_mask import pack_loss_mask, unpack_loss_mask  # noqa: E402
+from repo_ext.algorithm.store import entry_nbytes  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("mask", "bits"),
+    [
+        # token i is bit i % 8 (least significant first) of byte i // 8, worked out by hand:
+        # tokens 0,1,5,6,7 -> 1 + 2 + 32 + 64 + 128 = 227; token 8 -> 1
+        ([1, 1, 0, 0, 0, 1, 1, 1, 1, 0], [227, 1]),
+        ([0, 1, 1, 1, 1, 1, 1, 1], [254]),  # all but token 0: 255 - 1
+        ([1] * 15 + [0], [255, 127]),  # all but token 15: byte 1 lacks its top bit
+        ([0, 0, 1], [4]),  # only token 2; the 5 unused high bits stay 0
+        ([1, 0] * 5 + [1], [0b01010101, 0b00000101]),  # tokens 0,2,4,6 | 8,10
+        ([1] * 9, None),  # all ones: stored as no mask at all
+        ([], None),
+    ],
+)
+def test_loss_mask_encoding_matches_hand_written_bits(mask, bits):
+    packed = pack_loss_mask(np.array(mask, dtype=np.int64))
+    assert (packed is None) == (bits is None)
+    if bits is not None:
+        assert packed.dtype == np.uint8 and packed.tolist() == bits
+    assert unpack_loss_mask(packed, len(mask)).tolist() == [bool(m) for m in mask]
+    # bool and torch input encode the same
+    for variant in (np.array(mask, dtype=bool), torch.tensor(mask, dtype=torch.int64).numpy()):
+        again = pack_loss_mask(variant)
+        assert (None if again is None else again.tolist()) == bits
+
+
+def test_masked_entries_are_stored_with_their_mask_and_counted_in_bytes():
+    store = ReplayStore(max_cache_size=2, min_cache_to_replay=1)
+    mask = [1, 1, 1, 0, 0, 0, 1, 1, 1, 1]  # tokens 3-5: tool output
+    store.insert("a", np.arange(10), -np.ones(10, np.float32), 1.0, 0, loss_mask=mask)
+    [entry] = store.entries("a")
+    assert entry.loss_mask.tolist() == [bool(m) for m in mask]
+    assert entry.loss_mask_bits.tolist() == [1 + 2 + 4 + 64 + 128, 1 + 2]  # tokens 0,1,2,6,7 | 8,9
+    assert entry.nbytes == 10 * 8 + 2 == entry_nbytes(10, masked=True)  # 8 bytes per token + 1 bit per token
+    store.insert("a", np.arange(10), -np.ones(10, np.float32), 0.0, 1, loss_mask=np.ones(10, bool))
+    assert store.entries("a")[1].loss_mask_bits is None and store.entries("a")[1].loss_mask.all()
+    assert store.nbytes == 82 + 80 and entry_nbytes(10, masked=False) == 80
+    assert store.num_masked_entries == 1 and store.stats()["num_masked_entries"] == 1
+    store.insert("a", np.arange(3), -np.ones(3, np.float32), 0.0, 2)  # evicts the masked entry (capacity 2)
+    assert store.num_masked_entries == 0 and store.nbytes == 80 + 24
+    # 17 tokens take 3 mask bytes
+    store.insert("b", np.arange(17), np.zeros(17, np.float32), 0.0, 3, loss_mask=[0] + [1] * 16)
+    assert store.entries("b")[0].nbytes == 17 * 8 + 3
+
+
+def test_byte_cap_counts_mask_bytes():
+    store = ReplayStore(max_cache_size=4, min_cache_to_replay=1, max_store_bytes=82)
+    store.insert("a", np.arange(10), np.zeros(10, np.float32), 1.0, 0, loss_mask=[0] + [1] * 9)  # 80 + 2: at the cap
+    assert store.nbytes == 82 and store.num_byte_evictions == 0
+    store.insert("b", np.arange(1), np.zeros(1, np.float32), 1.0, 1)  # 90 > 82: a evicted
+    assert store.nbytes == 8 and "a" not in store and store.num_masked_entries == 0 and store.num_byte_evictions == 1
+    with pytest.raises(ValueError, match="10 tokens needs 82 bytes"):
+        ReplayStore(max_cache_size=4, min_cache_to_replay=1, max_store_bytes=81).insert(
+            "c", np.arange(10), np.zeros(10, np.float32), 1.0, 2, loss_mask=[1] * 9 + [0]
+        )
+
+
+@pytest.mark.parametrize(
+    ("mask", "match"),
+    [
+        ([0, 0, 0], "all zero"),  # only tool output: nothing to train on
+        ([1, 2, 1], "only 0 and 1"),
+        ([1, 0], "one flag per token"),
+        ([[1, 0, 1]], "one flag per token"),
+        (np.array([1.0, 0.0, 1.0]), "only 0 and 1"),
+    ],
+)
+def test_invalid_loss_masks_are_rejected_atomically(mask, match):
+    store = ReplayStore(max_cache_size=4, min_cache_to_replay=1)
+    add(store, "keep", 2)
+    before = store.stats()
+    with pytest.raises(ValueError, match=match):
+        store.insert("new", np.arange(3), np.zeros(3, np.float32), 1.0, 1, loss_mask=mask)
+    assert store.stats() == before and "new" not in store
+
+
+def test_entry_checks_its_mask_bits_are_canonical():
+    ids, logp = np.arange(10, dtype=np.int32), np.zeros(10, np.float32)
+    assert ReplayEntry(ids, logp, 0.0, 0, np.array([254, 3], np.uint8)).loss_mask.tolist() == [False] + [True] * 9
+    for bits, match in (
+        (np.array([255, 3], np.uint8), "mix"),  # all ones must be None
+        (np.array([0, 0], np.uint8), "mix"),  # all zero
+        (np.array([254, 7], np.uint8), "past the last token"),  # bit of token 10 set
+        (np.array([254], np.uint8), "2 bytes"),
+        (np.array([254, 3], np.int64), "uint8"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ReplayEntry(ids, logp, 0.0, 0, bits)
+
+
+def fill_masked(store: ReplayStore, rng: np.random.Generator, num: int, first_step: int) -> None:
+    """Like ``fill``, about half the responses with a run of tool tokens (mask 0) inside."""
+    for i in range(num):
+        length = int(rng.integers(0, 20))
+        mask = np.ones(length, dtype=np.int64)
+        if length >= 2 and rng.random() < 0.5:
+            start = int(rng.integers(0, length - 1))
+            mask[start : start + int(rng.integers(1, length - start))] = 0
+        store.insert(
+            f"prompt-{rng.integers(0, 6)}",
+            rng.integers(0, 50_000, size=length),
+            (-rng.random(length) * 5).astype(np.float32),
+            float(rng.integers(0, 2)),
+            first_step + i,
+            loss_mask=mask,
+        )
+
+
+def masked_snapshot(store: ReplayStore) -> dict:
+    out = snapshot(store)
+    out["masks"] = {key: [e.loss_mask.tolist() for e in store.entries(key)] for key in out["keys"]}
+    return out
+
+
+@pytest.mark.parametrize("max_store_bytes", [None, 600])
+def test_state_round_trip_keeps_the_masks(max_store_bytes):
+    store = ReplayStore(max_cache_size=5, min_cache_to_replay=2, max_store_bytes=max_store_bytes, seed=9)
+    fill_masked(store, np.random.default_rng(5), 80, first_step=0)
+    assert 0 < store.num_masked_entries < store.num_entries
+    # byte accounting recomputed from the masks: 8 per token, ceil(L/8) for a mask with a 0
+    expected = sum(
+        8 * len(m) + ((len(m) + 7) // 8 if not all(m) else 0) for ms in masked_snapshot(store)["masks"].values() for m in ms
+    )
+    assert store.nbytes == expected
+    state = pickle.loads(pickle.dumps(store.state_dict()))
+    restored = ReplayStore(max_cache_size=5, min_cache_to_replay=2, max_store_bytes=max_store_bytes, seed=1)
+    restored.load_state_dict(state)
+    assert masked_snapshot(restored) == masked_snapshot(store)
+    fill_masked(store, np.random.default_rng(6), 40, first_step=100)
+    fill_masked(restored, np.random.default_rng(6), 40, first_step=100)
+    assert masked_snapshot(restored) == masked_snapshot(store)
+
+
+def test_a_version_1_state_loads_with_all_ones_masks():
+    # version 1 (before masks were stored): the same keys without entry_masked and loss_mask_bits
+    store = ReplayStore(max_cache_size=4, min_cache_to_replay=1)
+    fill(store, np.random.default_rng(7), 20, first_step=0)
+    state = store.state_dict()
+    v1 = {k: v for k, v in state.items() if k not in ("entry_masked", "loss_mask_bits")}
+    v1["version"] = 1
+    restored = ReplayStore(max_cache_size=4, min_cache_to_replay=1)
+    restored.load_state_dict(v1)
+    assert masked_snapshot(restored) == masked_snapshot(store)
+    assert all(all(m) for ms in masked_snapshot(restored)["masks"].values() for m in ms)
+    with pytest.raises(ValueError, match="missing entry_masked"):  # a version-2 state must carry its masks
+        restored.load_state_dict({k: v for k, v in state.items() if k != "entry_masked"})
+    with pytest.raises(ValueError, match="version 3 is unsupported"):
+        restored.load_state_dict(dict(state, version=3))
+
+
+def test_corrupt_mask_arrays_are_refused():
+    store = ReplayStore(max_cache_size=5, min_cache_to_replay=1)
+    fill_masked(store, np.random.default_rng(8), 30, first_step=0)
+    state = store.state_dict()
+    target = ReplayStore(max_cache_size=5, min_cache_to_replay=1)
+    with pytest.raises(ValueError, match="loss_mask_bits do not match"):
+        target.load_state_dict(dict(state, loss_mask_bits=state["loss_mask_bits"][:-1]))
+    with pytest.raises(ValueError, match="entry_masked must be"):
+        target.load_state_dict(dict(state, entry_masked=state["entry_masked"].astype(np.int64)))
+    flipped = state["entry_masked"].copy()
+    flipped[np.flatnonzero(~flipped)[0]] = True  # claims a mask for a plain entry: the bits no longer line up
+    with pytest.raises(ValueError, match="loss_mask_bits do not match|mix"):
+        target.load_state_dict(dict(state, entry_masked=flipped))
+    assert target.num_entries == 0

@@ -1,5 +1,6 @@
-"""Saving/restoring the store with verl's checkpoint: exact round trip, extra values, damage detected,
-the file format written out by hand, and the version-1 (pickle) files of earlier releases."""
+"""Saving/restoring the store with verl's checkpoint: exact round trip (loss masks included), extra
+values, damage detected, the file format written out by hand, and the version-1 (pickle) and
+version-2 (no loss masks) files of earlier releases."""
 
 from __future__ import annotations
 
@@ -16,13 +17,23 @@ from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.store_checkpoint import STORE_FILENAME, load_store_state, save_store_state, store_path
 
 
-def _filled_store() -> ReplayStore:
+def _filled_store(masked: bool = True) -> ReplayStore:
+    """20 inserts into 4 prompts; with ``masked``, every other response of 2+ tokens has a run of
+    tool tokens (loss mask 0) after its first token."""
     store = ReplayStore(max_cache_size=3, min_cache_to_replay=2, max_store_bytes=10_000, seed=7)
     rng = np.random.default_rng(0)
     for step in range(1, 6):
         for p in range(4):
-            n = int(rng.integers(1, 9))
-            store.insert(f"p{p}", rng.integers(0, 100, n), rng.normal(size=n).astype(np.float32), float(rng.integers(0, 2)), step)
+            n = int(rng.integers(1, 20))
+            mask = np.ones(n, dtype=np.int64)
+            if masked and n >= 2 and (step + p) % 2:
+                mask[1 : 1 + int(rng.integers(1, n))] = 0
+            store.insert(
+                f"p{p}", rng.integers(0, 100, n), rng.normal(size=n).astype(np.float32), float(rng.integers(0, 2)), step,
+                loss_mask=mask,
+            )
+    if masked:
+        assert 0 < store.num_masked_entries < store.num_entries
     return store
 
 
@@ -34,7 +45,13 @@ KEYS = [f"p{p}" for p in range(4)]
 
 
 def _entries(store: ReplayStore, keys=KEYS):
-    return {k: [(e.response_ids.tobytes(), e.behaviour_log_probs.tobytes(), e.reward, e.step) for e in store.entries(k)] for k in keys}
+    return {
+        k: [
+            (e.response_ids.tobytes(), e.behaviour_log_probs.tobytes(), e.reward, e.step, e.loss_mask.tolist())
+            for e in store.entries(k)
+        ]
+        for k in keys
+    }
 
 
 def _entries_random(store):
@@ -71,7 +88,7 @@ def test_file_layout_matches_the_documented_format(tmp_path):
     """Parse the file by hand from the format in store_checkpoint's docstring."""
     store = _filled_store()
     raw = save_store_state(store, tmp_path, 5, extra={"a": 1}).read_bytes()
-    assert raw[:8] == b"REPOST02"
+    assert raw[:8] == b"REPOST03"
     (header_len,) = struct.unpack("<Q", raw[8:16])
     header_bytes = raw[16 : 16 + header_len]
     header = json.loads(header_bytes)
@@ -88,13 +105,20 @@ def test_file_layout_matches_the_documented_format(tmp_path):
     lengths = np.frombuffer(body.read(8 * n), "<i8")
     steps = np.frombuffer(body.read(8 * n), "<i8")
     rewards = np.frombuffer(body.read(8 * n), "<f8")
+    masked = np.frombuffer(body.read(n), "u1")
     expected = [e for k in KEYS for e in store.entries(k)]
     assert lengths.tolist() == [e.response_ids.shape[0] for e in expected]
     assert steps.tolist() == [e.step for e in expected]
     assert rewards.tolist() == [e.reward for e in expected]
-    for e, length in zip(expected, lengths.tolist()):
+    assert masked.tolist() == [int(not e.loss_mask.all()) for e in expected]
+    assert header["num_mask_bytes"] == sum((length + 7) // 8 for length, m in zip(lengths, masked) if m)
+    for e, length, has_mask in zip(expected, lengths.tolist(), masked.tolist()):
         assert body.read(4 * length) == e.response_ids.astype("<i4").tobytes()
         assert body.read(4 * length) == e.behaviour_log_probs.astype("<f4").tobytes()
+        if has_mask:  # token i at bit i % 8 of byte i // 8, written out here
+            bits = body.read((length + 7) // 8)
+            assert [bool(bits[i // 8] >> (i % 8) & 1) for i in range(length)] == e.loss_mask.tolist()
+            assert not any(bits[-1] >> i & 1 for i in range(length - 8 * (len(bits) - 1), 8))  # unused bits 0
     assert body.read() == b""
 
 
@@ -107,6 +131,8 @@ def test_loaded_entries_own_their_arrays(tmp_path):
         for e in restored.entries(key):
             assert e.response_ids.base is None and e.behaviour_log_probs.base is None
             assert not e.response_ids.flags.writeable and not e.behaviour_log_probs.flags.writeable
+            if e.loss_mask_bits is not None:
+                assert e.loss_mask_bits.base is None and not e.loss_mask_bits.flags.writeable
 
 
 @pytest.mark.parametrize("where", ["header", "entry_arrays", "tokens", "final_digest"])
@@ -116,7 +142,7 @@ def test_damaged_file_is_an_error_and_leaves_the_store_unchanged(tmp_path, where
     raw = bytearray(path.read_bytes())
     (header_len,) = struct.unpack("<Q", raw[8:16])
     arrays_at = 48 + header_len
-    tokens_at = arrays_at + 8 * store.num_prompts + 40 * store.num_entries
+    tokens_at = arrays_at + 8 * store.num_prompts + 41 * store.num_entries
     offset = {
         "header": 20,
         "entry_arrays": arrays_at + 8 * store.num_prompts + 8 * 3,  # inside entry_seq
@@ -164,10 +190,17 @@ def test_empty_store_round_trip(tmp_path):
     assert restored.num_entries == 0 and restored.num_prompts == 0 and restored.nbytes == 0
 
 
+def _version_1_state(store: ReplayStore) -> dict:
+    """The store state of releases before loss masks (state version 1): no entry_masked, no loss_mask_bits."""
+    state = {k: v for k, v in store.state_dict().items() if k not in ("entry_masked", "loss_mask_bits")}
+    return dict(state, version=1)
+
+
 def test_version_1_files_of_earlier_releases_are_still_read(tmp_path):
-    """The earlier format, written out here as that release did: global_step_N/repo_store.pt, one pickle."""
-    store = _filled_store()
-    payload = pickle.dumps(store.state_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+    """The earlier format, written out here as that release did: global_step_N/repo_store.pt, one pickle.
+    Those releases never stored a response with masked tokens: every entry loads with an all-ones mask."""
+    store = _filled_store(masked=False)
+    payload = pickle.dumps(_version_1_state(store), protocol=pickle.HIGHEST_PROTOCOL)
     blob = {"format_version": 1, "global_step": 4, "sha256": hashlib.sha256(payload).hexdigest(), "state": payload}
     (tmp_path / STORE_FILENAME).write_bytes(pickle.dumps(blob))
     restored = _empty_store()
@@ -179,3 +212,61 @@ def test_version_1_files_of_earlier_releases_are_still_read(tmp_path):
     (tmp_path / STORE_FILENAME).write_bytes(pickle.dumps(blob))
     with pytest.raises(ValueError, match="damaged"):
         load_store_state(_empty_store(), tmp_path)
+
+
+def _write_version_2_file(store: ReplayStore, step_dir, step: int, extra: dict) -> None:
+    """The version-2 format of the release before loss masks, written out here from its documentation:
+    b"REPOST02" | u64 header length | JSON header | its SHA-256 | prompt_sizes, entry_seq, entry_length,
+    step (int64), reward (float64) | per entry ids (int32) then log-probs (float32) | SHA-256 of it all."""
+    state = _version_1_state(store)
+    lengths = state["entry_length"]
+    header = {
+        "format_version": 2, "global_step": step, "extra": extra,
+        "store": {k: state[k] for k in (
+            "format", "version", "max_cache_size", "min_cache_to_replay", "max_store_bytes", "seed", "next_seq",
+            "num_inserted", "num_capacity_evictions", "num_byte_evictions", "rng_state", "prompt_keys",
+        )},
+        "num_entries": int(lengths.shape[0]), "num_tokens": int(lengths.sum()),
+    }
+    header_bytes = json.dumps(header).encode()
+    out = b"REPOST02" + struct.pack("<Q", len(header_bytes)) + header_bytes + hashlib.sha256(header_bytes).digest()
+    for name, dtype in (("prompt_sizes", "<i8"), ("entry_seq", "<i8"), ("entry_length", "<i8"), ("step", "<i8"), ("reward", "<f8")):
+        out += np.asarray(state[name]).astype(dtype).tobytes()
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for begin, end in zip(offsets[:-1], offsets[1:]):
+        out += state["response_ids"][begin:end].astype("<i4").tobytes()
+        out += state["behaviour_log_probs"][begin:end].astype("<f4").tobytes()
+    out += hashlib.sha256(out).digest()
+    store_path(step_dir).parent.mkdir(parents=True, exist_ok=True)
+    store_path(step_dir).write_bytes(out)
+
+
+def test_version_2_files_of_the_release_before_masks_load_with_all_ones_masks(tmp_path):
+    store = _filled_store(masked=False)
+    _write_version_2_file(store, tmp_path, 6, extra={"k": [1, 2]})
+    restored = _filled_store()  # its masked entries are all replaced
+    assert load_store_state(restored, tmp_path, expected_step=6) == {"k": [1, 2]}
+    assert _entries(restored) == _entries(store) and restored.stats() == store.stats()
+    assert restored.num_masked_entries == 0
+    assert all(e.loss_mask.all() for k in KEYS for e in restored.entries(k))
+    # and a damaged version-2 file is still caught
+    raw = bytearray(store_path(tmp_path).read_bytes())
+    raw[len(raw) // 2 + 40] ^= 0x01
+    store_path(tmp_path).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged"):
+        load_store_state(_empty_store(), tmp_path)
+
+
+def test_a_masked_store_round_trips_with_its_masks_and_bytes(tmp_path):
+    store = _filled_store()
+    save_store_state(store, tmp_path, 5)
+    restored = _empty_store()
+    load_store_state(restored, tmp_path, expected_step=5)
+    assert _entries(restored) == _entries(store)
+    assert restored.num_masked_entries == store.num_masked_entries > 0
+    # bytes recomputed from the masks: 8 per token plus ceil(L/8) for a response with a masked token
+    expected = sum(
+        8 * len(e.loss_mask) + (0 if e.loss_mask.all() else (len(e.loss_mask) + 7) // 8)
+        for k in KEYS for e in store.entries(k)
+    )
+    assert restored.nbytes == store.nbytes == expected

@@ -56,7 +56,8 @@ def test_valid_launches_pass():
         ),
         (
             {"algorithm__repo__max_store_bytes": 100, "data__max_response_length": 1024},
-            ["algorithm.repo.max_store_bytes=100", "data.max_response_length=1024", ">= 8192"],
+            # 1024 x 8 bytes + a 1024-bit loss mask (a response with tool tokens): 8192 + 128
+            ["algorithm.repo.max_store_bytes=100", "data.max_response_length=1024", ">= 8320"],
         ),
         ({"algorithm__adv_estimator": "grpo"}, ["algorithm.adv_estimator=repo_split", "'grpo'"]),
         (
