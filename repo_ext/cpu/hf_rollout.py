@@ -18,13 +18,19 @@ as ``verl/workers/rollout/vllm_rollout``:
 Seeded sampling: each sampled request gets its own seed (:func:`request_seed`) from
 ``actor_rollout_ref.rollout.seed``, the step of the weights it is generated with (the
 ``global_steps`` of the latest weight sync) and the sample's place in that step: its prompt (token
-ids) and how many sampled requests for the same prompt the step has already seen. Two runs with the
-same weights and seed therefore give every prompt the same set of responses, however the requests
-are batched. verl 0.9.1 does not tell a rollout server which of a prompt's n samples a request is
-(the V1 trainer sends n identical requests), so which row of the group gets which response follows
-the order in which the requests arrive. Where verl does name the row (``det-<row>`` request ids of
-the legacy trainer with ``actor_rollout_ref.rollout.full_determinism=True``), the row is part of the
-seed and every row gets the same response in both runs.
+ids) and how many sampled requests for the same prompt the step has already seen, counted over all
+replicas of the rollout by one :class:`SampleCounter` (a Ray actor that every replica's server
+asks). verl's router spreads a prompt's n requests over the replicas (least in-flight requests,
+ties broken at random: ``verl/workers/rollout/router.py``), so a count per server would give the
+first request on each replica the same seed and the group duplicated samples. Two runs with the
+same weights and seed therefore give every prompt the same set of n responses, however the requests
+are batched and whichever replica serves them. verl 0.9.1 does not tell a rollout server which of
+a prompt's n samples a request is (the V1 trainer sends n identical requests; the row index it
+assigns, ``priority``, is forwarded to vLLM only: ``LLMServerClient.generate`` in
+``verl/workers/rollout/llm_server.py``), so which row of the group gets which response follows the
+order in which the requests reach the counter. Where verl does name the row (``det-<row>``
+request ids with ``actor_rollout_ref.rollout.full_determinism=True``, the row being unique in the
+step's batch), the row is part of the seed and every row gets the same response in both runs.
 
 Settings under ``actor_rollout_ref.rollout.engine_kwargs.hf_cpu``: ``num_threads`` (torch threads
 for generation; default all cores: rollout and training alternate in verl's sync trainer) and
@@ -56,7 +62,9 @@ __all__ = [
     "HFRolloutServer",
     "HFRolloutReplica",
     "HFServerAdapter",
+    "SampleCounter",
     "request_seed",
+    "sample_counter_name",
     "sample_identity",
     "server_actor_name",
 ]
@@ -91,6 +99,39 @@ def request_seed(run_seed: int, weights_step: Optional[int], identity: str, occu
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
+class SampleCounter:
+    """Numbers the sampled requests of each (step, sample identity), shared by a rollout's replicas.
+
+    ``next(step, identity)`` returns 0, 1, 2, ... for successive calls with the same pair; the
+    server turns that number into the request's seed (:func:`request_seed`). As a Ray actor (one per
+    rollout, named by :func:`sample_counter_name`) its calls run one at a time, so no two requests
+    of a step get the same number, whichever replica they reach. Counts are kept for the latest
+    ``keep_steps`` distinct steps seen (a few hundred bytes per prompt and step); a request for an
+    older step than those starts its count again.
+    """
+
+    def __init__(self, keep_steps: int = 16):
+        if int(keep_steps) < 1:
+            raise ValueError(f"SampleCounter: keep_steps must be >= 1, got {keep_steps!r}")
+        self.keep_steps = int(keep_steps)
+        self._counts: collections.OrderedDict[Optional[int], collections.Counter[str]] = collections.OrderedDict()
+
+    def next(self, step: Optional[int], identity: str) -> int:
+        counts = self._counts.get(step)
+        if counts is None:
+            counts = self._counts[step] = collections.Counter()
+            while len(self._counts) > self.keep_steps:
+                self._counts.popitem(last=False)
+        occurrence = counts[identity]
+        counts[identity] += 1
+        return occurrence
+
+
+def sample_counter_name(kind: str = "", name_suffix: str = "") -> str:
+    """Ray actor name of the :class:`SampleCounter` that a rollout's replicas share."""
+    return f"{ROLLOUT_NAME}_sample_counter{kind}{name_suffix}"
+
+
 def _engine_kwargs(config: RolloutConfig) -> dict:
     kwargs = dict((config.engine_kwargs or {}).get(ROLLOUT_NAME) or {})
     unknown = set(kwargs) - {"num_threads", "batch_wait_ms"}
@@ -119,7 +160,16 @@ class HFRolloutServer:
     ``start_profile``/``stop_profile``, plus ``update_weights`` for :class:`HFServerAdapter`.
     """
 
-    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, replica_rank: int):
+    def __init__(
+        self,
+        config: RolloutConfig,
+        model_config: HFModelConfig,
+        replica_rank: int,
+        sample_counter: Any = None,
+    ):
+        """``sample_counter``: the :class:`SampleCounter` shared with the rollout's other replicas,
+        as a Ray actor handle or an in-process instance; None counts this server's requests alone
+        (right for a single replica only: two servers would hand out the same seeds)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.config: RolloutConfig = omega_conf_to_dataclass(config)
@@ -160,8 +210,8 @@ class HFRolloutServer:
 
         self.global_steps: Optional[int] = None
         self._sync_copied = 0  # tensors loaded by the buckets of the weight sync in progress
-        # sampled requests per sample identity since the latest weight sync (see request_seed)
-        self._occurrences: collections.Counter[str] = collections.Counter()
+        # numbers the sampled requests per (step, sample identity) (see request_seed)
+        self._sample_counter = SampleCounter() if sample_counter is None else sample_counter
         self._queue: list[_Pending] = []
         self._new_request = asyncio.Event()
         self._model_lock = asyncio.Lock()
@@ -205,9 +255,13 @@ class HFRolloutServer:
         )
         seed = None
         if not settings.greedy:
+            step = self.global_steps  # read once: a weight sync may land while the counter answers
             identity = sample_identity(request_id, prompt_ids)
-            seed = request_seed(self.config.seed, self.global_steps, identity, self._occurrences[identity])
-            self._occurrences[identity] += 1
+            if isinstance(self._sample_counter, SampleCounter):
+                occurrence = self._sample_counter.next(step, identity)
+            else:
+                occurrence = await self._sample_counter.next.remote(step, identity)
+            seed = request_seed(self.config.seed, step, identity, occurrence)
         request = GenerationRequest(
             prompt_ids=prompt_ids,
             max_tokens=max(1, min(max_tokens, room)),
@@ -329,7 +383,6 @@ class HFRolloutServer:
 
     def _start_step(self, global_steps: int) -> None:
         self.global_steps = global_steps
-        self._occurrences.clear()
 
     # ---------------------------------------------------------------- lifecycle
     async def wake_up(self, tags: Optional[list[str]] = None):
@@ -409,6 +462,12 @@ class HFRolloutReplica(RolloutReplica):
             node_id = ray.get_runtime_context().get_node_id()
         kind = "_reward" if self.is_reward_model else "_teacher" if self.is_teacher_model else ""
         name = server_actor_name(self.replica_rank, 0, kind) + self.name_suffix
+        # one counter for all replicas of this rollout: whichever replica launches first creates it
+        counter = (
+            ray.remote(SampleCounter)
+            .options(name=sample_counter_name(kind, self.name_suffix), get_if_exists=True, num_cpus=0)
+            .remote()
+        )
         server = (
             ray.remote(HFRolloutServer)
             .options(
@@ -419,7 +478,12 @@ class HFRolloutReplica(RolloutReplica):
                     node_id=node_id, soft=False
                 ),
             )
-            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+            .remote(
+                config=self.config,
+                model_config=self.model_config,
+                replica_rank=self.replica_rank,
+                sample_counter=counter,
+            )
         )
         await server.wake_up.remote()  # surfaces a failed __init__ here rather than at the first request
         self.servers = [server]

@@ -201,3 +201,42 @@ def test_abort_rejects_until_resumed(ray_cluster, server):
         server.generate.remote(prompt_ids=PROMPTS[0], sampling_params={"temperature": 0}, request_id="s"), timeout=60
     )
     assert resumed.stop_reason == "completed" and len(resumed.token_ids) >= 1
+
+
+def test_two_replicas_sample_a_prompt_without_duplicates(ray_cluster, configs, tiny_model_path):
+    """Issue #23, finding 10: verl's router spreads a prompt's n requests over the replicas. Two
+    replicas started as verl starts them (``HFRolloutReplica.launch_servers``) each get 2 of the 4
+    sampled requests of one prompt: the 4 responses differ (a per-server seed count gave the first
+    request on each replica the same seed: 2 duplicated pairs), and they are the responses one server
+    gives to all 4 requests (the seeds depend on the sample, not on the replica)."""
+    from repo_ext.cpu.hf_rollout import HFRolloutReplica, HFRolloutServer
+
+    rollout, model_config = configs
+    replicas = [
+        HFRolloutReplica(r, rollout, model_config, gpus_per_node=1, name_suffix="two_replicas") for r in (0, 1)
+    ]
+
+    async def launch_and_sample(step: int):
+        await asyncio.gather(*[replica.launch_servers() for replica in replicas])
+        servers = [replica.server_handle for replica in replicas]
+        await asyncio.gather(*[server.set_global_steps.remote(step) for server in servers])
+        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
+        return await asyncio.gather(*[
+            servers[i % 2].generate.remote(prompt_ids=PROMPTS[1], sampling_params=dict(sampling), request_id=f"u{i}")
+            for i in range(4)
+        ])
+
+    outputs = asyncio.run(launch_and_sample(step=5))
+    responses = sorted(tuple(out.token_ids) for out in outputs)
+    assert len(set(responses)) == 4, responses
+
+    single = HFRolloutServer(rollout, model_config, replica_rank=0)
+
+    async def one_server():
+        await single.set_global_steps(5)
+        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
+        return await asyncio.gather(
+            *[single.generate(PROMPTS[1], dict(sampling), request_id=f"v{i}") for i in range(4)]
+        )
+
+    assert sorted(tuple(out.token_ids) for out in asyncio.run(one_server())) == responses
