@@ -92,7 +92,9 @@ class GenerationRequest:
     """One prompt. ``max_tokens`` >= 1 new tokens at most; ``logprobs`` asks for per-token log-probs.
 
     ``seed`` seeds this request's own sampling stream (any int; reduced modulo 2**63); None draws a
-    seed from torch's global RNG. Greedy requests ignore it.
+    seed from torch's global RNG. Greedy requests ignore it. Two requests with the same prompt,
+    settings and seed get the same tokens, in one batch or in two, in one server or in two: the
+    caller gives each sample of a group its own seed (``repo_ext.cpu.hf_rollout.request_seed``).
     """
 
     prompt_ids: list[int]
