@@ -300,6 +300,12 @@ SUM_METRICS: dict[str, tuple[str, str]] = {
     "repo/nonzero_adv_row_frac": ("repo/sum/nonzero_adv_rows", "repo/sum/valid_rows"),
     "repo/off_row_frac": ("repo/sum/off_rows", "repo/sum/valid_rows"),
 }
+#: Means formed like :data:`SUM_METRICS` from sums that only some settings report (every micro-batch
+#: of a step reports them, or none does): the entropy of the rows that went through an update that
+#: skipped zero-advantage rows, per valid token (``integration.zero_adv_skip.report_updated_rows_entropy``).
+OPTIONAL_SUM_METRICS: dict[str, tuple[str, str]] = {
+    "repo/entropy_updated_rows": ("repo/sum/updated_entropy", "repo/sum/updated_entropy_tokens"),
+}
 #: the sums and counts above, each reported once per micro-batch
 SUM_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for pair in SUM_METRICS.values() for k in pair))
 #: reported by every micro-batch (0.0 without replayed tokens: ratios are > 0); aggregated with MAX
@@ -309,7 +315,8 @@ _MAX_SIDE = {"repo/off_ratio_max": "repo/sum/off_tokens"}
 
 
 def mean_metrics_from_sums(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
-    """Replace the sums and counts of :data:`SUM_METRICS` in ``metrics`` by their means, in place.
+    """Replace the sums and counts of :data:`SUM_METRICS` (and of :data:`OPTIONAL_SUM_METRICS`,
+    where present) in ``metrics`` by their means, in place.
 
     Args:
         metrics: logged metrics holding ``prefix + key`` for every key of :data:`SUM_KEYS`, each
@@ -322,6 +329,11 @@ def mean_metrics_from_sums(metrics: dict[str, float], prefix: str = "") -> dict[
         reported, nor is its max: the mean of nothing is not 0. Without the sums (e.g. the actor
         update did not run) ``metrics`` is left alone.
     """
+    for name, (numerator, denominator) in OPTIONAL_SUM_METRICS.items():
+        if prefix + numerator in metrics and prefix + denominator in metrics:
+            total, count = float(metrics.pop(prefix + numerator)), float(metrics.pop(prefix + denominator))
+            if count > 0:
+                metrics[prefix + name] = total / count
     if prefix + SUM_KEYS[0] not in metrics:
         return metrics
     sums = {key: float(metrics.pop(prefix + key)) for key in SUM_KEYS}

@@ -33,7 +33,7 @@ from repo_ext.algorithm.loss import MAX_METRICS, SUM_KEYS, mean_metrics_from_sum
 from repo_ext.integration.mini_batch_counts import MINI_BATCH_FIELD, NORM_ROWS_FIELD
 from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
 from repo_ext.integration.replay_rows import NORM_OFF_FIELD, NORM_ON_FIELD, OFF_POLICY_FIELD, split_uid
-from repo_ext.integration.zero_adv_skip import apply_carried_normalisers
+from repo_ext.integration.zero_adv_skip import apply_carried_normalisers, report_updated_rows_entropy
 
 ADV_ESTIMATOR_NAME = "repo_split"
 POLICY_LOSS_NAME = "repo"
@@ -270,6 +270,7 @@ class RePOLossFunction:
                 "verl's, so the loss normalisers would be wrong"
             )
         real_rows = float(torch.as_tensor(data[NORM_ROWS_FIELD]).reshape(-1)[0])
+        report_updated_rows_entropy(model_output, data, metrics)  # skipped rows: no entropy_loss over them
         if real_rows > 0 and "global_batch_size" in data.keys():
             tu.assign_non_tensor(data, global_batch_size=real_rows)
 

@@ -11,8 +11,10 @@ actor update without changing it:
    mini-batches with ``tensordict_utils.make_iterator`` (shuffled when ``actor.shuffle``, seed
    ``actor.data_loader_seed + r``). :func:`mini_batch_members` runs that very iterator on row
    indices, so optimizer step ``k`` gets the rows it would get without skipping.
-2. **Normalisers as if nothing were skipped.** Per mini-batch, the valid tokens (token-mean's
-   ``batch_num_tokens``, all ranks) and the row count verl passes as ``global_batch_size``
+2. **Normalisers as if nothing were skipped.** Per mini-batch, the tokens the engine counts for
+   token-mean's ``batch_num_tokens`` (``loss_mask``, all ranks; the loss itself masks with
+   ``response_mask``, which rollout correction's rejection sampling rewrites and ``loss_mask`` keeps:
+   :func:`row_skip_inputs`) and the row count verl passes as ``global_batch_size``
    (seq-mean-*) are written on every row (:data:`MB_TOKENS_FIELD`, :data:`MB_ROWS_FIELD`); the
    ``paper`` weighting's per-side counts are per-row fields already. The actor's loss function
    (``estimators.RePOLossFunction``) puts the carried values in place of the ones the engine
@@ -28,8 +30,12 @@ actor update without changing it:
 
 Exact only when the loss has no term on zero-advantage rows: no KL loss, entropy coefficient 0, no
 critic, the ``repo`` (or ``vanilla``) clipped surrogate, and the same mini-batches in every epoch
-(``ppo_epochs == 1`` or no shuffling). ``auto`` skips exactly then; ``true`` with a conflicting
-setting is a start-up error (:func:`resolve_skip_zero_advantage_rows`).
+(``ppo_epochs == 1`` or no shuffling); and when no normaliser depends on which rows share a
+micro-batch: ``seq-mean-token-sum-norm`` without ``actor.loss_scale_factor`` divides each
+micro-batch's loss by that micro-batch's longest response (verl/trainer/ppo/core_algos.py
+``agg_loss``: ``loss_mask.shape[-1]`` of the micro-batch padded to its longest row), which the
+regrouping changes; with a constant ``loss_scale_factor`` it is exact. ``auto`` skips exactly then;
+``true`` with a conflicting setting is a start-up error (:func:`resolve_skip_zero_advantage_rows`).
 
 The only difference left is float summation order: rows are grouped into different micro-batches,
 so per-micro-batch sums and gradient accumulation add the same terms in another order.
@@ -40,6 +46,9 @@ Metrics. Per step: ``repo/skip_zero_adv_rows`` and ``repo/skip_zero_adv_tokens``
 inside verl's ``timing_s/update_actor``, which therefore still times the whole update). The loss's
 own metrics (``actor/repo/*``, ``actor/pg_clipfrac``, ``actor/ppo_kl``, ...) describe the rows that
 went through the update; ``actor/pg_loss`` and ``actor/grad_norm`` are unchanged (skipped rows add 0).
+verl's ``actor/entropy_loss`` (entropy computed with coefficient 0) would not be: skipped rows add no
+entropy but count in its normaliser. A skipping update reports ``actor/repo/entropy_updated_rows``
+(mean entropy per token of the rows it updated) in its place (:func:`report_updated_rows_entropy`).
 """
 
 from __future__ import annotations
@@ -95,6 +104,15 @@ def skip_conflicts(config: Any) -> list[str]:
         found.append(
             f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} (only {', '.join(EXACT_LOSS_MODES)} are known "
             "to give a zero loss on zero-advantage rows)"
+        )
+    agg_mode = str(actor.get("loss_agg_mode", "token-mean"))
+    if agg_mode == "seq-mean-token-sum-norm" and actor.get("loss_scale_factor", None) is None:
+        found.append(
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm with "
+            "actor_rollout_ref.actor.loss_scale_factor=null (verl then divides each micro-batch's loss by that "
+            "micro-batch's longest response, and skipping regroups rows into other micro-batches; set "
+            "actor_rollout_ref.actor.loss_scale_factor to a constant, e.g. the rollout's response_length, to skip "
+            "exactly)"
         )
     epochs = int(actor.get("ppo_epochs", 1) or 1)
     if epochs > 1 and bool(actor.get("shuffle", False)):
@@ -216,6 +234,30 @@ class SkipPlan:
         }
 
 
+def row_skip_inputs(advantages: Any, response_mask: Any, loss_mask: Any) -> tuple[list[bool], list[int]]:
+    """Per row: (advantage non-zero on a token the loss uses, tokens the engine's normaliser counts).
+
+    Args:
+        advantages, response_mask, loss_mask: one entry per row, each (L_i,) (jagged nested tensors
+            as TransferQueue returns them, or padded (B, T) tensors).
+
+    verl's ``ppo_loss`` masks every per-token term with ``response_mask``, while its engine counts
+    token-mean's ``batch_num_tokens`` over ``loss_mask`` (verl/workers/engine/fsdp/transformer_impl.py
+    ``forward_backward_batch``). The two are equal on every row verl 0.9.1 builds (agent_loop_tq,
+    padding_utils; replayed rows: replay_rows) until rollout correction's rejection sampling
+    (``algorithm.rollout_correction.rollout_rs``) zeroes rejected tokens in ``response_mask`` only
+    (verl/trainer/ppo/rollout_corr_helper.py ``compute_rollout_correction_and_add_to_batch``).
+    Rejected tokens then add nothing to the loss but still count in verl's divisor, so a row is
+    kept by its ``response_mask`` and counted by its ``loss_mask``.
+    """
+    nonzero, valid_tokens = [], []
+    rows = zip(advantages.unbind(), response_mask.unbind(), loss_mask.unbind(), strict=True)
+    for adv, mask, counted in rows:
+        nonzero.append(bool(((adv != 0) & mask.bool()).any()))
+        valid_tokens.append(int(counted.bool().sum()))
+    return nonzero, valid_tokens
+
+
 def plan_zero_advantage_skip(
     nonzero: Sequence[bool],
     valid_tokens: Sequence[int],
@@ -228,8 +270,10 @@ def plan_zero_advantage_skip(
     """Plan the update without the rows whose advantage is zero.
 
     Args:
-        nonzero: per original row, whether its advantage is non-zero on some valid token.
-        valid_tokens: per original row, its valid (loss-mask) tokens.
+        nonzero: per original row, whether its advantage is non-zero on some token of the mask the
+            policy loss uses (``response_mask``; :func:`row_skip_inputs`). Exactly these rows are kept.
+        valid_tokens: per original row, the tokens the engine counts for token-mean's
+            ``batch_num_tokens`` (``loss_mask``; :func:`row_skip_inputs`).
         members: original row indices of each mini-batch (:func:`mini_batch_members`).
         dp_size: data-parallel ranks.
         row_multiple: every new mini-batch's rows are a multiple of this (dp x micro-batch size,
@@ -250,7 +294,7 @@ def plan_zero_advantage_skip(
     for k, rows in enumerate(members):
         for i in rows:
             mini_batch_of[i] = k
-    kept = [[i for i in rows if nonzero[i] and valid_tokens[i] > 0] for rows in members]
+    kept = [[i for i in rows if nonzero[i]] for rows in members]
     size = max(row_multiple, math.ceil(max(len(rows) for rows in kept) / row_multiple) * row_multiple)
     share = size // dp_size
     per_rank: list[list[int]] = [[] for _ in range(dp_size)]
@@ -258,7 +302,7 @@ def plan_zero_advantage_skip(
         entries = rows + [-1 - k] * (size - len(rows))
         for rank, part in enumerate(_split_over_ranks(entries, dp_size, share, seq_lens)):
             per_rank[rank].extend(part)
-    dropped = [i for i in range(num_rows) if not (nonzero[i] and valid_tokens[i] > 0)]
+    dropped = [i for i in range(num_rows) if not nonzero[i]]
     skipped = [i for i in dropped if valid_tokens[i] > 0]
     updated = [i for rows in kept for i in rows]
     return SkipPlan(
@@ -379,6 +423,42 @@ def apply_carried_normalisers(data: Any) -> None:
     tu.assign_non_tensor(data, batch_num_tokens=int(tokens[0]), global_batch_size=int(rows[0]))
 
 
+def report_updated_rows_entropy(model_output: dict, data: Any, metrics: dict) -> dict:
+    """In the actor's loss, after verl's ``ppo_loss``: the entropy metric of a skipping update.
+
+    verl reports ``actor/entropy_loss`` (when it computes entropy: ``actor.calculate_entropy``)
+    as the entropy of the micro-batch's rows divided by the mini-batch's normaliser. In an update
+    that skipped rows, the normaliser counts the skipped rows (:func:`apply_carried_normalisers`)
+    but the skipped rows had no forward pass and add no entropy, so the value would be low by the
+    skipped share. Such a micro-batch (its rows carry :data:`MB_TOKENS_FIELD`) therefore reports no
+    ``actor/entropy_loss``; it reports the sum of its rows' entropy over their valid
+    (``response_mask``) tokens and the count of those tokens instead, which the trainer turns into
+    ``actor/repo/entropy_updated_rows`` (``loss.OPTIONAL_SUM_METRICS``): the mean entropy per token
+    of the rows that went through the update, whatever ``loss_agg_mode``. Padding rows add 0 to both.
+    Entropy over every row of the step: verl's ``actor/entropy`` of the old-log-prob pass.
+
+    Args:
+        model_output: the engine's output for the micro-batch; ``"entropy"`` in verl's no-padding
+            layout (flat over the micro-batch's tokens, or jagged) when entropy was computed.
+        data: the micro-batch (TensorDict with ``prompts``, ``responses``, ``response_mask``).
+        metrics: ``ppo_loss``'s metrics, changed in place and returned.
+    """
+    if MB_TOKENS_FIELD not in data.keys() or "actor/entropy_loss" not in metrics:
+        return metrics
+    from verl.utils.metric import AggregationType, Metric
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from repo_ext.algorithm.loss import OPTIONAL_SUM_METRICS
+
+    entropy = no_padding_2_padding(model_output["entropy"], data).detach()
+    mask = data.select("response_mask").to_padded_tensor()["response_mask"].bool()
+    total_key, count_key = OPTIONAL_SUM_METRICS["repo/entropy_updated_rows"]
+    del metrics["actor/entropy_loss"]
+    metrics[total_key] = Metric(AggregationType.SUM, float((entropy * mask).sum()))
+    metrics[count_key] = Metric(AggregationType.SUM, float(mask.sum()))
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------- trainer glue
 
 
@@ -440,14 +520,10 @@ def update_actor_skipping(
         shuffle=bool(actor.get("shuffle", False)),
         seed=int(actor.get("data_loader_seed", 42)),
     )
-    # verl's engine counts ``loss_mask`` tokens; every row verl 0.9.1's V1 trainer builds has
-    # loss_mask == response_mask (agent_loop_tq, padding_utils) and so do replayed rows (replay_rows)
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=pid, select_fields=["advantages", "response_mask"])
-    nonzero, valid_tokens = [], []
-    for adv, mask in zip(data["advantages"].unbind(), data["response_mask"].unbind(), strict=True):
-        valid = mask.bool()
-        nonzero.append(bool(((adv != 0) & valid).any()))
-        valid_tokens.append(int(valid.sum()))
+    data = tq.kv_batch_get(
+        keys=batch.keys, partition_id=pid, select_fields=["advantages", "response_mask", "loss_mask"]
+    )
+    nonzero, valid_tokens = row_skip_inputs(data["advantages"], data["response_mask"], data["loss_mask"])
     plan = plan_zero_advantage_skip(
         nonzero,
         valid_tokens,

@@ -41,6 +41,7 @@ from repo_ext.integration.zero_adv_skip import (
     padding_row,
     plan_zero_advantage_skip,
     resolve_skip_zero_advantage_rows,
+    row_skip_inputs,
     skip_conflicts,
 )
 
@@ -137,8 +138,8 @@ def test_mini_batch_members_shuffled_as_torch_randperm_per_rank():
 def test_plan_by_hand():
     # two mini-batches of 4 rows on 2 ranks; mini-batch 0 keeps rows 0 and 5, mini-batch 1 keeps none
     members = [[0, 1, 4, 5], [2, 3, 6, 7]]
-    nonzero = [True, False, False, False, False, True, False, True]
-    tokens = [3, 2, 4, 1, 5, 6, 2, 0]  # row 7: non-zero advantage but no valid token (padding)
+    nonzero = [True, False, False, False, False, True, False, False]
+    tokens = [3, 2, 4, 1, 5, 6, 2, 0]  # row 7: no token at all (padding)
     plan = plan_zero_advantage_skip(nonzero, tokens, members, dp_size=2, row_multiple=2)
     assert plan.rows_per_mini_batch == 2
     # rank 0: its share of mb0, then of mb1; rank 1 likewise (padding -1 - k)
@@ -147,6 +148,17 @@ def test_plan_by_hand():
     assert plan.mini_batch_rows == [4, 4]
     assert (plan.skipped_rows, plan.skipped_tokens) == (5, 2 + 5 + 4 + 1 + 2)
     assert (plan.updated_rows, plan.updated_tokens, plan.padding_rows, plan.dropped_padding_rows) == (2, 9, 2, 1)
+
+
+def test_row_skip_inputs_keep_by_response_mask_and_count_loss_mask():
+    """Rejection sampling zeroes tokens in response_mask only: a rejected token adds nothing to the loss
+    (its row is kept only for a non-zero advantage on a token it keeps) but the engine still counts it."""
+    adv = torch.tensor([[0.5, 0.5, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [2.0, 2.0, 2.0]])
+    response = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [0, 0, 0]])  # row 3: every token rejected
+    loss = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    nonzero, tokens = row_skip_inputs(adv, response, loss)
+    assert nonzero == [True, False, True, False]
+    assert tokens == [3, 3, 2, 3]
 
 
 def test_padding_row_keeps_every_field_and_contributes_nothing():
