@@ -253,6 +253,7 @@ class RePOLossFunction:
             loss, metrics = ppo_loss(self.actor_config, model_output, data, dp_group)
         finally:
             _CURRENT_ROWS.reset(token)
+        report_updated_rows_entropy(model_output, data, metrics)  # skipped rows: no entropy_loss over them
         return loss, _retag_sum_metrics(metrics)
 
     @staticmethod
@@ -270,7 +271,6 @@ class RePOLossFunction:
                 "verl's, so the loss normalisers would be wrong"
             )
         real_rows = float(torch.as_tensor(data[NORM_ROWS_FIELD]).reshape(-1)[0])
-        report_updated_rows_entropy(model_output, data, metrics)  # skipped rows: no entropy_loss over them
         if real_rows > 0 and "global_batch_size" in data.keys():
             tu.assign_non_tensor(data, global_batch_size=real_rows)
 
