@@ -93,6 +93,7 @@ def test_default_is_auto_and_on_where_exact():
         ({}, True, "critic.enable=True"),
         ({"policy_loss": {"loss_mode": "gspo"}}, None, "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"),
         ({"ppo_epochs": 2, "shuffle": True}, None, "actor_rollout_ref.actor.ppo_epochs=2"),
+        ({"loss_agg_mode": "seq-mean-token-sum-norm"}, None, "actor_rollout_ref.actor.loss_scale_factor=null"),
     ],
 )
 def test_conflicts_turn_auto_off_and_make_true_an_error(actor, critic, named):
@@ -103,6 +104,13 @@ def test_conflicts_turn_auto_off_and_make_true_an_error(actor, critic, named):
     with pytest.raises(ValueError, match=r"algorithm\.repo\.skip_zero_advantage_rows=true") as err:
         resolve_skip_zero_advantage_rows(config, True)
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"])
+def test_other_agg_modes_and_a_constant_horizon_stay_on(mode):
+    assert resolve_skip_zero_advantage_rows(_verl_config(loss_agg_mode=mode), "auto") is True
+    constant = _verl_config(loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=512)
+    assert resolve_skip_zero_advantage_rows(constant, True) is True
 
 
 def test_several_epochs_without_shuffle_stay_exact():
@@ -467,3 +475,20 @@ def test_launch_check_refuses_forced_skipping_with_kl_loss():
     auto = _composed("actor_rollout_ref.actor.use_kl_loss=True")
     RePOLaunchCheck().on_job_start(config=auto)
     assert resolve_skip_zero_advantage_rows(auto, repo_config_from_algorithm(auto.algorithm).skip_zero_advantage_rows) is False
+
+
+def test_launch_check_refuses_forced_skipping_with_dr_grpo_aggregation_before_ray():
+    """Dr. GRPO's aggregation without a constant loss_scale_factor: ``true`` is refused by the launch
+    check (before Ray), ``auto`` launches without skipping, a constant horizon skips."""
+    from repo_ext.integration.config_checks import RePOLaunchCheck
+    from repo_ext.integration.estimators import repo_config_from_algorithm
+
+    dr_grpo = ("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "algorithm.norm_adv_by_std_in_grpo=false")
+    forced = _composed(*dr_grpo, "algorithm.repo.skip_zero_advantage_rows=true")
+    with pytest.raises(ValueError, match=r"skip_zero_advantage_rows=true .*loss_scale_factor=null"):
+        RePOLaunchCheck().on_job_start(config=forced)
+    auto = _composed(*dr_grpo)
+    RePOLaunchCheck().on_job_start(config=auto)
+    assert resolve_skip_zero_advantage_rows(auto, repo_config_from_algorithm(auto.algorithm).skip_zero_advantage_rows) is False
+    constant = _composed(*dr_grpo, "algorithm.repo.skip_zero_advantage_rows=true", "actor_rollout_ref.actor.loss_scale_factor=64")
+    RePOLaunchCheck().on_job_start(config=constant)
