@@ -64,11 +64,13 @@ def plan(s: BenchSettings, arms: list[str], rates: dict) -> dict:
     out = {"arms": {}, "replay_steps": sorted(replay)}
     for arm in arms:
         steps = s.steps_of(arm)
+        # every eval_every-th checkpoint and the last are evaluated
+        evaluations = len({*range(s.eval_every, steps + 1, s.eval_every), steps}) if s.eval_every else 1
         base = rates["gen"] * on_rows * s.response_length + rates["old_log_prob"] * on_rows * row_tokens + rates["other"]
         update = rates["update"] * on_rows * row_tokens
         replaying = arm not in GRPO_ARMS and ARMS[arm]["strategy"] != "none"
         n_replay = len([t for t in range(1, steps + 1) if t in replay]) if replaying else 0
-        seconds = rates["startup"] + steps * (base + update) + n_replay * update + eval_s
+        seconds = rates["startup"] + steps * (base + update) + n_replay * update + evaluations * eval_s
         out["arms"][arm] = {
             "steps": steps, "replay_steps": n_replay, "prompt_steps_replay": n_replay * s.prompts_per_step,
             "prompt_steps": steps * s.prompts_per_step, "step_s": base + update,

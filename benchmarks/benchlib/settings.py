@@ -108,6 +108,27 @@ PRESETS: dict[str, dict] = {
         out=str(REPO_ROOT / "benchmarks" / "results" / "paper_question"), work_dir="/tmp/bench_paper_question",
         run_timeout=4 * 3600.0,
     ),
+    # issue 24, the pre-registered time-to-accuracy study (docs/benchmarks.md): one seed pair of stock
+    # GRPO and RePO+skip from the same weights and data order, in the regime of `make demo` (2-3-term
+    # sums, temperature 0.7, G = 4, 64 tokens), where stock GRPO's on-policy groups were informative
+    # 37.5% of the time in the replay phase. 64 prompts, 8 per step: an epoch is 8 steps, every prompt
+    # is visited 3 times in 24 steps, replay from step 9. Greedy held-out evaluation of 256 problems
+    # (the same every time) at steps 0 (base), 8, 16, 24. --seed picks the pair (pool, order, sampling).
+    "time-to-accuracy": dict(
+        arms="stock_grpo,recent_k_skip", model="smollm2", steps=24, train_prompts=64, train_source="arithmetic",
+        prompts_per_step=8, samples=4, response_length=64, temperature=0.7, eval_problems=256, eval_max_new_tokens=64,
+        eval_base=True, eval_every=8, eval_temperature=0.0, lr=2e-6, seed=1,
+        out=str(REPO_ROOT / "benchmarks" / "results" / "time_to_accuracy" / "seed_1"), work_dir="/tmp/bench_tta",
+        run_timeout=6 * 3600.0,
+    ),
+    # issue 24: what replay costs per step. GRPO with RePO's exact skipping, RePO+skip and stock GRPO in
+    # the same regime; 32 prompts (an epoch is 4 steps: replay in steps 5-24, 20 paired steps, blocks of 4)
+    "step-cost": dict(
+        arms="grpo_skip,recent_k_skip,stock_grpo", model="smollm2", steps=24, train_prompts=32, train_source="arithmetic",
+        prompts_per_step=8, samples=4, response_length=64, temperature=0.7, skip_eval=True, lr=2e-6, seed=0,
+        out=str(REPO_ROOT / "benchmarks" / "results" / "step_cost"), work_dir="/tmp/bench_step_cost",
+        run_timeout=6 * 3600.0,
+    ),
 }
 
 
