@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -183,11 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
             for step in eval_steps_of(s, arm):
                 checkpoint = run_dir / "checkpoints" / f"global_step_{step}"
                 say(f"arm {arm}: held-out evaluation of {checkpoint} ({s.eval_problems} problems)")
-                held = evaluate_checkpoint(checkpoint, s, run_dir / f"heldout_step{step}.json", run_dir / f"eval_step{step}.log")
+                try:
+                    held = evaluate_checkpoint(checkpoint, s, run_dir / f"heldout_step{step}.json", run_dir / f"eval_step{step}.log")
+                except (subprocess.SubprocessError, OSError, KeyError, ValueError) as error:
+                    # keep the arm's training records: a failed evaluation is reported, not fatal
+                    say(f"arm {arm}: step {step} evaluation FAILED ({error!r}); see {run_dir / f'eval_step{step}.log'}")
+                    entry["evaluations"][str(step)] = {"error": repr(error)}
+                    continue
                 held["cumulative_train_s"] = cumulative.get(step)
                 entry["evaluations"][str(step)] = held
                 say(f"arm {arm}: step {step} held-out pass@1 {100 * held['pass@1']:.1f}% ({held['seconds']:.0f} s)")
-            entry["heldout"] = entry["evaluations"][str(steps)]
+            if "pass@1" in entry["evaluations"].get(str(steps), {}):
+                entry["heldout"] = entry["evaluations"][str(steps)]
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~1.6 GB each with SmolLM2
         results["arms"][arm] = entry
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

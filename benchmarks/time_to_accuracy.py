@@ -39,7 +39,7 @@ def curve(results: dict, arm: str) -> tuple[list[int], list[float], list[float |
     base = results.get("base_heldout")
     if not entry or not base or not entry.get("evaluations"):
         return None
-    evals = sorted((int(k), v) for k, v in entry["evaluations"].items())
+    evals = sorted((int(k), v) for k, v in entry["evaluations"].items() if "pass@1" in v)  # failed ones have "error"
     return ([0] + [k for k, _ in evals], [base["pass@1"]] + [v["pass@1"] for _, v in evals],
             [0.0] + [v.get("cumulative_train_s") for _, v in evals])
 

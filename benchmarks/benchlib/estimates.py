@@ -134,7 +134,7 @@ def heldout_comparison(first: dict, second: dict, resamples: int) -> dict | None
 def accuracy_curve(arm: dict, base_heldout: dict | None) -> dict | None:
     """Held-out accuracy per evaluated step (step 0 = the base model when it was evaluated) and its AUC."""
     evals = arm.get("evaluations") or {}
-    points = sorted((int(step), e["pass@1"]) for step, e in evals.items())
+    points = sorted((int(step), e["pass@1"]) for step, e in evals.items() if "pass@1" in e)
     if base_heldout and "pass@1" in base_heldout:
         points = [(0, base_heldout["pass@1"]), *points]
     if len(points) < 2:
