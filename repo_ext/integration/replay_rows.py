@@ -87,12 +87,17 @@ def build_replay_row(template: dict[str, Any], entry: ReplayEntry, session_id: i
 
     Args:
         template: every field of one on-policy row (as returned by ``tq.kv_batch_get(...)[0]``).
-        entry: the stored response: token ids (L,), behaviour log-probs (L,), reward, step.
+        entry: the stored response: token ids (L,), behaviour log-probs (L,), reward, step, loss mask (L,).
         session_id: a session number unused by the on-policy rows of this prompt.
 
-    The stored reward goes on the last response token (``rm_scores``), as verl's agent loop does,
-    and the stored behaviour log-probs also fill ``rollout_log_probs`` so that verl's
-    rollout-correction bypass mode (which uses them as old log-probs) agrees with RePO.
+    The row's ``response_mask`` and ``loss_mask`` (verl's V1 agent loop writes both, equal) are the
+    stored loss mask exactly: a multi-turn response's tool tokens stay out of the loss, as they
+    were in the on-policy row it was stored from. ``attention_mask`` covers every token (tool
+    tokens included: the policy conditions on them) and ``position_ids`` count 0..len-1, as verl's
+    agent loop writes them for an on-policy text row. The stored reward goes on the last response
+    token (``rm_scores``), as verl's agent loop does, and the stored behaviour log-probs also fill
+    ``rollout_log_probs`` so that verl's rollout-correction bypass mode (which uses them as old
+    log-probs) agrees with RePO.
     """
     row = {key: _clone(value) for key, value in template.items()}
     if row.get("multi_modal_inputs"):
@@ -104,7 +109,7 @@ def build_replay_row(template: dict[str, Any], entry: ReplayEntry, session_id: i
     responses = torch.as_tensor(entry.response_ids, dtype=prompts.dtype)
     input_ids = torch.cat([prompts, responses])
     attention_mask = torch.ones_like(input_ids, dtype=torch.int64)
-    response_mask = torch.ones_like(responses, dtype=torch.int64)
+    response_mask = torch.as_tensor(entry.loss_mask, dtype=torch.int64)
     rm_scores = torch.zeros(responses.shape[0], dtype=torch.float32)
     rm_scores[-1] = float(entry.reward)
     behaviour = torch.as_tensor(entry.behaviour_log_probs, dtype=torch.float32)
@@ -139,24 +144,45 @@ def build_replay_row(template: dict[str, Any], entry: ReplayEntry, session_id: i
     return row
 
 
+def response_order_key(response: torch.Tensor, response_mask: torch.Tensor, seed: int) -> bytes:
+    """A seeded hash of one response (its token ids and its loss mask): 8 bytes, compared as bytes.
+
+    Keyed BLAKE2b of the ids as int64 and the mask as int8, the key being ``seed`` (int in
+    [0, 2**64)) as 8 little-endian bytes. Equal responses get equal keys in every run and on every
+    machine; otherwise the order of two keys is unrelated to the content's own order (lexicographic,
+    length, reward), and changes with the seed.
+    """
+    ids = response.detach().cpu().numpy().astype("<i8").tobytes()
+    mask = response_mask.detach().cpu().numpy().astype("i1").tobytes()
+    digest = hashlib.blake2b(key=int(seed).to_bytes(8, "little"), digest_size=8)
+    digest.update(len(ids).to_bytes(8, "little"))  # the boundary between ids and mask
+    digest.update(ids)
+    digest.update(mask)
+    return digest.digest()
+
+
 def canonical_insert_order(
     prompt_keys: list[str],
     responses: list[torch.Tensor] | tuple[torch.Tensor, ...],
     response_masks: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    seed: int,
 ) -> list[int]:
     """Row indices in the order one step's on-policy rows go into the store: rows keep their place
-    relative to other prompts' rows, and a prompt's own rows are sorted by their response tokens
-    (the tokens under the mask, compared as sequences; equal responses keep their row order).
+    relative to other prompts' rows, and a prompt's own rows are sorted by
+    :func:`response_order_key` with ``seed`` (``algorithm.repo.seed``); equal responses keep their
+    row order.
 
     verl's rollout hands a group's responses to its rows in the order the requests were served, so
     the same responses can come back in another order in another run; the store's FIFO order (and
-    with it which samples ``recent_k`` and the ties of ``highest_k``/``max_variance_k`` pick) then
-    follows the responses, not the timing.
+    with it which samples ``recent_k`` and the ties of ``highest_k``/``max_variance_k`` pick, and
+    which FIFO eviction drops first) then follows the responses, not the timing. A seeded hash
+    rather than the tokens themselves: sorted by tokens, the lexicographically largest answer of
+    every group would always be the newest entry, and be replayed and kept longest.
     """
     by_prompt: dict[str, list[int]] = {}
     for i, key in enumerate(prompt_keys):
         by_prompt.setdefault(key, []).append(i)
-    tokens = [tuple(int(t) for t in ids[mask.bool()].tolist()) for ids, mask in zip(responses, response_masks, strict=True)]
-    sorted_rows = {key: iter(sorted(rows, key=lambda i: (tokens[i], i))) for key, rows in by_prompt.items()}
-    # each prompt's slots, in row order, are filled with its rows in token order
+    keys = [response_order_key(ids, mask, seed) for ids, mask in zip(responses, response_masks, strict=True)]
+    sorted_rows = {key: iter(sorted(rows, key=lambda i: (keys[i], i))) for key, rows in by_prompt.items()}
+    # each prompt's slots, in row order, are filled with its rows in hash order
     return [next(sorted_rows[key]) for key in prompt_keys]

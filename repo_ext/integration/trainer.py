@@ -148,12 +148,17 @@ def insert_on_policy_rows(
     """Insert one step's on-policy rows into the store; returns how many were stored.
 
     Per row: response ids (L,), response mask (L,), the training engine's old log-probs (L,) and
-    token-level scores (L,) whose sum is the reward. Rows that cannot be replayed faithfully are
-    counted in ``counters`` under the reason and not stored (never silently):
+    token-level scores (L,) whose sum is the reward. The response mask is stored with the response
+    (``ReplayStore.insert(loss_mask=...)``) and a replayed row gets it back exactly: a multi-turn
+    (tool-calling) response keeps its tool tokens out of the loss. Old log-probs on the mask's 0
+    tokens are never used by the loss; the non-finite ones among them are stored as 0.0 (the store
+    holds finite values only). Rows that cannot be replayed faithfully are counted in ``counters``
+    under the reason and not stored (never silently):
 
     - ``empty_response``: no token to score a ratio on;
-    - ``masked_response_tokens``: multi-turn rows with tool tokens masked out (not one plain response);
-    - ``nonfinite_reward`` (NaN/inf reward: the reward function failed) and ``nonfinite_log_prob``.
+    - ``no_loss_tokens``: a response whose mask is all zero (e.g. only tool output), nothing to train on;
+    - ``nonfinite_reward`` (NaN/inf reward: the reward function failed) and ``nonfinite_log_prob``
+      (a NaN/inf old log-prob on a token of the loss).
 
     Rows cut at ``max_response_length`` are stored (as the reference does) and counted under
     ``truncated_at_max_length``.
@@ -170,18 +175,21 @@ def insert_on_policy_rows(
                 f"row {i}: responses {tuple(ids.shape)}, response_mask {tuple(mask.shape)} and old_log_probs "
                 f"{tuple(logp.shape)} must have the same length"
             )
-        if not bool(mask.all()):
-            counters["masked_response_tokens"] += 1
+        loss_tokens = mask.bool()
+        if not bool(loss_tokens.any()):
+            counters["no_loss_tokens"] += 1
             continue
         if not math.isfinite(reward):
             counters["nonfinite_reward"] += 1
             continue
-        if not bool(torch.isfinite(logp).all()):
+        finite = torch.isfinite(logp)
+        if not bool(finite[loss_tokens].all()):
             counters["nonfinite_log_prob"] += 1
             continue
         if ids.numel() >= max_response_length:
             counters["truncated_at_max_length"] += 1
-        store.insert(pkey, ids.to(torch.int32).numpy(), logp.to(torch.float32).numpy(), reward, step)
+        logp = logp.to(torch.float32).masked_fill(~finite, 0.0)  # only tokens outside the loss can be hit
+        store.insert(pkey, ids.to(torch.int32).numpy(), logp.numpy(), reward, step, loss_mask=loss_tokens.numpy())
         stored += 1
     return stored
 
@@ -479,7 +487,9 @@ class RePOTrainer(PPOTrainerSync):
 
     def _dump_step_rows(self, dump_dir: str, partition_id: str, keys: list[str]) -> None:
         """Debugging aid (``REPO_EXT_DUMP_DIR``): this step's rows as the actor will see them."""
-        fields = ["uid", "responses", "old_log_probs", "advantages", "rm_scores", OFF_POLICY_FIELD]
+        # (verl's V1 rows carry no attention_mask: every token of a row is attended to)
+        tensors = ["responses", "response_mask", "loss_mask", "position_ids", "old_log_probs", "advantages", "rm_scores"]
+        fields = ["uid", *tensors, OFF_POLICY_FIELD]
         data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=fields)
         rows = {
             "keys": list(keys),
@@ -487,7 +497,7 @@ class RePOTrainer(PPOTrainerSync):
             "off_policy": [int(x) for x in torch.as_tensor(data[OFF_POLICY_FIELD]).reshape(-1).tolist()],
             "prompt_key": [self._step_state.prompt_key_of.get(k) for k in keys],
         }
-        for name in ("responses", "old_log_probs", "advantages", "rm_scores"):
+        for name in tensors:
             rows[name] = [t.clone() for t in data[name].unbind()]
         os.makedirs(dump_dir, exist_ok=True)
         torch.save(rows, os.path.join(dump_dir, f"step_{self.global_steps}.pt"))
@@ -569,11 +579,12 @@ class RePOTrainer(PPOTrainerSync):
         logps = data["old_log_probs"].unbind()
         scores = data["rm_scores"].unbind()
         prompt_keys = [state.prompt_key_of[key] for key in state.on_keys]
-        # A prompt's samples of one step enter the store in the order of their response tokens, not
-        # in the order the rollout returned them (request timing): FIFO ties (recent_k, highest_k and
-        # max_variance_k among equal rewards) then pick the same samples in two runs that generated
-        # the same responses.
-        order = canonical_insert_order(prompt_keys, responses, masks)
+        # A prompt's samples of one step enter the store in the order of a seeded hash of their
+        # responses, not in the order the rollout returned them (request timing): FIFO ties
+        # (recent_k, highest_k and max_variance_k among equal rewards) and FIFO eviction then pick
+        # the same samples in two runs that generated the same responses, with no preference for
+        # any content (a token order would always keep the lexicographically largest answer longest).
+        order = canonical_insert_order(prompt_keys, responses, masks, seed=self.repo_config.seed)
         insert_on_policy_rows(
             self.replay_store,
             prompt_keys=[prompt_keys[i] for i in order],

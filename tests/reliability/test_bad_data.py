@@ -27,7 +27,7 @@ def _row(length, reward=1.0, masked_at=None, logp_bad_at=None, seed=0):
     ids = torch.randint(0, 100, (length,), generator=gen)
     mask = torch.ones(length, dtype=torch.int64)
     if masked_at is not None:
-        mask[masked_at] = 0
+        mask[masked_at] = 0  # an index or a slice: tool tokens of a multi-turn response
     logp = -torch.rand(length, generator=gen)
     if logp_bad_at is not None:
         logp[logp_bad_at] = float("nan")
@@ -54,16 +54,26 @@ def _insert(store, keys, rows, step=1):
 
 
 def _assert_consistent(store, expected):
-    """``expected``: prompt key -> list of (ids, log-probs, reward, step) in FIFO order."""
+    """``expected``: prompt key -> list of (ids, log-probs, reward, step[, loss mask]) in FIFO order;
+    no mask given: all ones."""
+    expected = {key: [(*e, None) if len(e) == 4 else e for e in entries] for key, entries in expected.items()}
     for key, entries in expected.items():
-        got = [(e.response_ids.tolist(), e.behaviour_log_probs.tobytes(), e.reward, e.step) for e in store.entries(key)]
+        got = [
+            (e.response_ids.tolist(), e.behaviour_log_probs.tobytes(), e.reward, e.step, e.loss_mask.tolist())
+            for e in store.entries(key)
+        ]
         want = [
-            (ids.tolist(), logp.to(torch.float32).numpy().tobytes(), reward, step) for ids, logp, reward, step in entries
+            (ids.tolist(), logp.to(torch.float32).numpy().tobytes(), reward, step,
+             [True] * len(ids) if mask is None else [bool(m) for m in mask.tolist()])
+            for ids, logp, reward, step, mask in entries
         ]
         assert got == want, key
     kept = [e for entries in expected.values() for e in entries]
     assert store.num_entries == len(kept)
-    assert store.nbytes == sum(8 * len(ids) for ids, _, _, _ in kept)  # int32 id + float32 log-prob per token
+    # int32 id + float32 log-prob per token; a mask with a 0 adds 1 bit per token, in whole bytes
+    assert store.nbytes == sum(
+        8 * len(ids) + (0 if mask is None or bool(mask.all()) else (len(ids) + 7) // 8) for ids, _, _, _, mask in kept
+    )
     assert store.num_prompts == sum(1 for entries in expected.values() if entries)
     # the store's own accounting agrees with its entries
     assert store.nbytes == sum(e.nbytes for key in expected for e in store.entries(key))
@@ -74,25 +84,47 @@ def test_each_bad_row_is_counted_under_its_reason_and_not_stored():
     store = ReplayStore(max_cache_size=8, min_cache_to_replay=2)
     good = _row(4, reward=1.0, seed=1)
     truncated = _row(MAX_LEN, reward=0.0, seed=2)
+    tool = _row(5, masked_at=slice(1, 3), seed=3)  # tool tokens 1-2 masked out (multi-turn): stored with its mask
     rows = [
         good,
         _row(0),  # empty response
-        _row(5, masked_at=2, seed=3),  # tool tokens masked out (multi-turn)
+        tool,
+        _row(4, masked_at=slice(None), seed=7),  # only tool output: nothing for the loss
         _row(3, reward=float("nan"), seed=4),  # the reward function failed
         _row(3, reward=float("inf"), seed=5),
         _row(3, logp_bad_at=1, seed=6),  # NaN behaviour log-prob
         truncated,  # cut at max_response_length: stored, counted
     ]
     stored, counters = _insert(store, ["p"] * len(rows), rows)
-    assert stored == 2
+    assert stored == 3
     assert counters == {
         "empty_response": 1,
-        "masked_response_tokens": 1,
+        "no_loss_tokens": 1,
         "nonfinite_reward": 2,
         "nonfinite_log_prob": 1,
         "truncated_at_max_length": 1,
     }
-    _assert_consistent(store, {"p": [(good[0], good[2], 1.0, 1), (truncated[0], truncated[2], 0.0, 1)]})
+    _assert_consistent(
+        store,
+        {"p": [(good[0], good[2], 1.0, 1), (tool[0], tool[2], 1.0, 1, tool[1]), (truncated[0], truncated[2], 0.0, 1)]},
+    )
+    assert store.num_masked_entries == 1
+
+
+def test_nonfinite_log_probs_outside_the_loss_do_not_block_a_row():
+    """A NaN/inf old log-prob on a tool token is never used by the loss: the row is stored, with 0.0 there."""
+    store = ReplayStore(max_cache_size=8, min_cache_to_replay=2)
+    ids, mask, logp, scores = _row(5, masked_at=slice(2, 4), seed=8)
+    logp[2], logp[3] = float("nan"), float("-inf")
+    stored, counters = _insert(store, ["p"], [(ids, mask, logp, scores)])
+    assert stored == 1 and counters == {}
+    expected = logp.clone()
+    expected[2] = expected[3] = 0.0
+    _assert_consistent(store, {"p": [(ids, expected, 1.0, 1, mask)]})
+    # a NaN on a loss token still blocks the row
+    ids, mask, logp, scores = _row(5, masked_at=slice(2, 4), seed=9)
+    logp[4] = float("nan")
+    assert _insert(store, ["p"], [(ids, mask, logp, scores)]) == (0, {"nonfinite_log_prob": 1})
 
 
 def test_duplicate_prompts_in_a_batch_share_one_buffer_and_its_capacity():
@@ -111,7 +143,7 @@ def test_a_batch_of_only_bad_rows_leaves_the_store_untouched():
     good = _row(3, seed=20)
     _insert(store, ["a"], [good])
     before = store.stats()
-    stored, counters = _insert(store, ["a", "b", "c"], [_row(0), _row(2, reward=float("nan")), _row(2, masked_at=0)])
+    stored, counters = _insert(store, ["a", "b", "c"], [_row(0), _row(2, reward=float("nan")), _row(2, masked_at=slice(None))])
     assert stored == 0 and sum(counters.values()) == 3
     assert store.stats() == before
     _assert_consistent(store, {"a": [(good[0], good[2], 1.0, 1)], "b": [], "c": []})

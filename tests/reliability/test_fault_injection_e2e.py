@@ -21,6 +21,7 @@ stay finite; no process of either run survives.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -187,20 +188,32 @@ def _rows(dump: Path, step: int) -> dict:
     return torch.load(dump / f"step_{step}.pt", weights_only=False)
 
 
+def _insert_order_key(ids: torch.Tensor, mask: torch.Tensor, seed: int = 42) -> bytes:
+    """The trainer's within-step order (algorithm.repo.seed = 42): keyed BLAKE2b-64 of the ids bytes'
+    length, the ids (int64) and the mask (int8), written out here."""
+    raw = ids.numpy().astype("<i8").tobytes()
+    h = hashlib.blake2b(key=seed.to_bytes(8, "little"), digest_size=8)
+    h.update(len(raw).to_bytes(8, "little") + raw + mask.numpy().astype("i1").tobytes())
+    return h.digest()
+
+
 def _rebuild(steps) -> ReplayStore:
     """The store the trainer must hold after training on these (dump, step) in order: every on-policy
-    row with a finite reward, a prompt's rows of one step in the order of their response tokens (equal
-    responses in batch order), with the log-probs the actor saw. Written out here."""
+    row with a finite reward, a prompt's rows of one step in the order of a seeded hash of their
+    responses (equal responses in batch order), with the log-probs the actor saw. Written out here."""
     store = ReplayStore(max_cache_size=4, min_cache_to_replay=2, max_store_bytes=4294967296, seed=42)
     for dump, step in steps:
         rows = _rows(dump, step)
-        by_tokens = sorted(range(len(rows["off_policy"])), key=lambda i: (tuple(rows["responses"][i].tolist()), i))
-        for i in by_tokens:
+        keys = [_insert_order_key(ids, mask) for ids, mask in zip(rows["responses"], rows["response_mask"])]
+        for i in sorted(range(len(rows["off_policy"])), key=lambda i: (keys[i], i)):
             off = rows["off_policy"][i]
             reward = float(rows["rm_scores"][i].sum())
             if off or not math.isfinite(reward):
                 continue
-            store.insert(rows["prompt_key"][i], rows["responses"][i].numpy(), rows["old_log_probs"][i].numpy(), reward, step)
+            store.insert(
+                rows["prompt_key"][i], rows["responses"][i].numpy(), rows["old_log_probs"][i].numpy(), reward, step,
+                loss_mask=rows["response_mask"][i].numpy(),
+            )
     return store
 
 
