@@ -5,8 +5,11 @@ mini-batch rows (verl/trainer/ppo/v1/trainer_base.py ``_update_actor``: ``ppo_mi
 rollout.n``; under RePO the padded mini-batch rows, see ``batch_layout``). Padding rows (zero
 response mask, verl/trainer/ppo/padding_utils.py) then count as rows, and the gradient is scaled by
 real / padded rows, a factor that changes with the replay count. The right divisor is the number of
-rows with at least one valid token in the mini-batch over all data-parallel ranks (verl's own
-``seq_mask`` in ``agg_loss``); the ``paper`` weighting needs the same count per side.
+rows with at least one valid token in the mini-batch over all data-parallel ranks; the ``paper``
+weighting needs the same count per side. "Valid" is by ``loss_mask``, the mask verl's engine counts
+(``batch_num_tokens``) and that marks padding rows: rollout correction's rejection sampling zeroes
+rejected tokens in ``response_mask`` only, and a row it rejects entirely still counts, as it does in
+verl's own ``global_batch_size``.
 
 Which rows form a mini-batch is verl's choice; ``zero_adv_skip.mini_batch_members`` reproduces it
 with verl's own iterator. The counts are exact whenever the mini-batches are the same in every
@@ -40,7 +43,7 @@ def mini_batch_row_counts(
 
     Args:
         valid: per row of the batch as sent to verl's actor update, True when the row has at least
-            one valid response token (False for padding rows).
+            one ``loss_mask`` token (False for padding rows).
         off_policy: per row, True for replayed rows.
         members: row indices of each mini-batch, all ranks
             (``zero_adv_skip.mini_batch_members``: verl's own assignment), or None when it is not
@@ -109,8 +112,8 @@ def write_mini_batch_counts(
         members = mini_batch_members(
             len(keys), dp_size=dp_size, rows_per_mini_batch=mini_batch_rows, shuffle=shuffle, seed=seed
         )
-    data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["response_mask"])
-    valid = [bool(mask.sum() > 0) for mask in data["response_mask"].unbind()]
+    data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["loss_mask"])
+    valid = [bool(mask.sum() > 0) for mask in data["loss_mask"].unbind()]
     counts = mini_batch_row_counts(valid, [key in off_keys for key in keys], members, num_mini_batches=num_mini_batches)
     rows = [
         {

@@ -362,3 +362,26 @@ def test_entropy_metric_with_coefficient_zero(monkeypatch, mode):
             total += float(model.response_entropy(row["prompts"], row["responses"])[mask].sum())
             count += float(mask.sum())
     assert metrics["actor/repo/entropy_updated_rows"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_row_counts_count_rejected_rows_and_not_padding(monkeypatch):
+    """The seq-mean divisor (``repo_norm_rows``) counts a row rejection sampling rejected entirely
+    (``response_mask`` all 0, ``loss_mask`` not), as verl's own ``global_batch_size`` does, and not a
+    padding row (both masks 0)."""
+    from repo_ext.integration.mini_batch_counts import NORM_ROWS_FIELD, write_mini_batch_counts
+
+    rows = _rows(seed=2, rejected=True)  # r11: every token rejected
+    rows["r05"]["response_mask"] = torch.zeros_like(rows["r05"]["response_mask"])  # r05: padding
+    rows["r05"]["loss_mask"] = torch.zeros_like(rows["r05"]["loss_mask"])
+    store = Store(rows)
+    monkeypatch.setattr(tq, "kv_batch_get", store.kv_batch_get)
+    monkeypatch.setattr(tq, "kv_batch_put", store.kv_batch_put)
+    keys = sorted(rows)
+    batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train", fields=None, extra_info={})
+    write_mini_batch_counts(batch, dp_size=DP, mini_batch_rows=MINI_BATCH_ROWS, shuffle=False, seed=42, epochs=1,
+                            off_keys=set())
+    # rank 0 holds rows 0-15, rank 1 rows 16-31: mini-batch 0 = rows 0-7 and 16-23 (padding r05 not
+    # counted), mini-batch 1 = rows 8-15 and 24-31 (rejected r11 counted)
+    for i, key in enumerate(keys):
+        expected = 15 if (i % 16) < 8 else 16
+        assert float(store.rows[key][NORM_ROWS_FIELD]) == expected, key
