@@ -24,6 +24,14 @@ from repo_ext.algorithm.retrieval import STRATEGIES
 from repo_ext.algorithm.store import ReplayStore
 
 _PREFIX = "algorithm.repo"
+#: settings RePO once had, each with what replaces it (an old launch script gets this, not "unknown")
+REMOVED_SETTINGS = {
+    "norm_adv_by_std": (
+        "verl's algorithm.norm_adv_by_std_in_grpo is the one switch for GRPO and RePO advantages "
+        "(true: (r - mean) / (std + epsilon); false: r - mean, Dr. GRPO). Remove the "
+        "algorithm.repo.norm_adv_by_std override and set algorithm.norm_adv_by_std_in_grpo instead."
+    ),
+}
 
 
 @dataclass
@@ -37,8 +45,8 @@ class RePOConfig:
         max_cache_size: per-prompt FIFO capacity.
         max_store_bytes: global payload cap in bytes (None: unbounded).
         advantage_mode: ``split`` or ``mixed``.
-        norm_adv_by_std: divide advantages by the group's unbiased std + epsilon.
-        epsilon: added to the std.
+        epsilon: added to the group's std (whether advantages are divided by it is verl's
+            ``algorithm.norm_adv_by_std_in_grpo``, not a RePO setting).
         loss_weighting: ``reference`` or ``paper``.
         off_policy_loss_coef: weight of the off-policy loss term.
         seed: seed of ``random_k``.
@@ -53,7 +61,6 @@ class RePOConfig:
     max_cache_size: int = 16
     max_store_bytes: int | None = 4294967296
     advantage_mode: str = "split"
-    norm_adv_by_std: bool = True
     epsilon: float = 1.0e-6
     loss_weighting: str = "reference"
     off_policy_loss_coef: float = 1.0
@@ -71,6 +78,9 @@ class RePOConfig:
         if not (isinstance(mapping, Mapping) or hasattr(mapping, "keys")):
             raise ValueError(f"{_PREFIX} must be a mapping of settings, got {type(mapping).__name__}")
         valid = [f.name for f in dataclasses.fields(cls)]
+        for key, replacement in REMOVED_SETTINGS.items():
+            if key in mapping.keys():
+                raise ValueError(f"{_PREFIX}.{key}={mapping[key]!r} is no longer a setting: {replacement}")
         unknown = sorted(str(key) for key in mapping.keys() if key not in valid)
         if unknown:
             raise ValueError(
@@ -113,7 +123,6 @@ class RePOConfig:
             self.advantage_mode,
             f"one of {', '.join(ADVANTAGE_MODES)}",
         )
-        _check(isinstance(self.norm_adv_by_std, bool), "norm_adv_by_std", self.norm_adv_by_std, "true or false")
         _check(_is_real(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "a finite number > 0")
         _check(
             self.loss_weighting in LOSS_WEIGHTINGS,

@@ -87,6 +87,18 @@ def repo_config_from_algorithm(config: Any) -> RePOConfig:
     return RePOConfig.from_mapping(repo)  # from_mapping validates
 
 
+def norm_adv_by_std_in_grpo(config: Any) -> bool:
+    """verl's ``algorithm.norm_adv_by_std_in_grpo`` from its ``algorithm`` config (a DictConfig, verl's
+    ``AlgoConfig`` or None), with verl's default (true) where it is not set. RePO has no switch of
+    its own, so a GRPO baseline and RePO with the same config normalise alike."""
+    if config is None:
+        return True
+    value = config.get("norm_adv_by_std_in_grpo", True)  # DictConfig and verl's BaseConfig both have get
+    if not isinstance(value, bool):
+        raise ValueError(f"algorithm.norm_adv_by_std_in_grpo={value!r} is invalid; it must be true or false")
+    return value
+
+
 def compute_repo_split_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -99,7 +111,10 @@ def compute_repo_split_advantage(
     Args:
         token_level_rewards: (B, T) rewards; a row's score is their sum.
         response_mask: (B, T).
-        config: verl's ``algorithm`` config; settings come from ``algorithm.repo``.
+        config: verl's ``algorithm`` config; RePO's settings come from ``algorithm.repo``, and
+            whether a group's std divides its advantages from verl's own
+            ``algorithm.norm_adv_by_std_in_grpo`` (default true; false is Dr. GRPO), the switch
+            verl's ``grpo`` estimator reads.
         index: (B,) verl's uid per row; replayed rows end in ``::repo_replay``.
 
     Returns:
@@ -127,7 +142,7 @@ def compute_repo_split_advantage(
         list(groups),
         torch.tensor(off, dtype=torch.bool),
         mode=cfg.advantage_mode,
-        norm_by_std=cfg.norm_adv_by_std,
+        norm_by_std=norm_adv_by_std_in_grpo(config),
         epsilon=cfg.epsilon,
     )
     advantages = advantages.unsqueeze(-1) * response_mask

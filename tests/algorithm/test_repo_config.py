@@ -59,7 +59,6 @@ def test_unknown_key_lists_the_valid_ones():
         ("max_store_bytes", -5),
         ("max_store_bytes", "4GB"),
         ("advantage_mode", "joint"),
-        ("norm_adv_by_std", "yes"),
         ("epsilon", 0.0),
         ("epsilon", -1e-6),
         ("epsilon", float("nan")),
@@ -75,6 +74,16 @@ def test_invalid_values_name_the_setting(setting, value):
     with pytest.raises(ValueError, match=rf"algorithm\.repo\.{setting}=") as info:
         RePOConfig.from_mapping({setting: value})
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_the_removed_norm_adv_by_std_points_to_verls_switch(value):
+    """Issue #23 finding 3: verl's algorithm.norm_adv_by_std_in_grpo is the one switch; RePO's own
+    (which verl's Dr. GRPO setting never reached) is refused, whatever its value, with the replacement."""
+    with pytest.raises(ValueError, match=r"algorithm\.repo\.norm_adv_by_std=(True|False) is no longer a setting") as info:
+        RePOConfig.from_mapping({"norm_adv_by_std": value})
+    assert "algorithm.norm_adv_by_std_in_grpo" in str(info.value)
+    assert not hasattr(RePOConfig(), "norm_adv_by_std")
 
 
 def test_num_replays_above_the_capacity_is_fine_for_all_and_none():

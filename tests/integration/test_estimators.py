@@ -14,7 +14,7 @@ from repo_ext.integration.replay_rows import OFF_POLICY_UID_SUFFIX
 
 
 def _algo(**repo):
-    base = {"strategy": "recent_k", "advantage_mode": "split", "epsilon": 1e-6, "norm_adv_by_std": True}
+    base = {"strategy": "recent_k", "advantage_mode": "split", "epsilon": 1e-6}
     base.update(repo)
     return OmegaConf.create({"adv_estimator": "repo_split", "repo": base})
 

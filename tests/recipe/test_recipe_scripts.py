@@ -139,7 +139,7 @@ def test_script_composes_to_the_paper_settings(script):
         assert repo.min_cache_to_replay == PAPER["min_cache_to_replay"]
         assert repo.max_cache_size == PAPER["max_cache_size"]
         assert repo.advantage_mode == PAPER["advantage_mode"]
-        assert repo.norm_adv_by_std is True
+        assert cfg.algorithm.norm_adv_by_std_in_grpo is True  # scale_rewards=true: verl's switch governs repo_split
         assert repo.epsilon == PAPER["std_epsilon"]
         assert repo.off_policy_loss_coef == PAPER["off_policy_loss_coef"]
 
