@@ -133,6 +133,13 @@ def is_distillation_on(config: DictConfig) -> bool:
     return bool(distillation is not None and distillation.get("enabled", False))
 
 
+def is_bypass_mode(config: DictConfig) -> bool:
+    """verl's rollout-correction bypass mode: old log-probs are the rollout's, no forward pass
+    (the test verl's V1 trainer makes in ``_compute_old_log_prob`` and ``_compute_advantage``)."""
+    rollout_corr = config.algorithm.get("rollout_correction", None)
+    return bool(rollout_corr is not None and rollout_corr.get("bypass_mode", False))
+
+
 def insert_on_policy_rows(
     store: ReplayStore,
     *,
@@ -371,12 +378,14 @@ class RePOTrainer(PPOTrainerSync):
         return int(self.config.actor_rollout_ref.actor.ppo_mini_batch_size) * int(self.config.actor_rollout_ref.rollout.n)
 
     def _micro_batch_sizes(self) -> dict[str, int | None]:
-        """Per-rank micro-batch size of each forward pass over the batch (None: dynamic batch size)."""
+        """Per-rank micro-batch size of each forward pass over the batch (None: dynamic batch size, or
+        a pass that does not run)."""
         arr = self.config.actor_rollout_ref
         sizes = {
             "update": None if arr.actor.get("use_dynamic_bsz", False) else arr.actor.get("ppo_micro_batch_size_per_gpu"),
+            # bypass mode runs no old-log-prob forward (_compute_old_log_prob): nothing to divide
             "old_log_prob": None
-            if arr.rollout.get("log_prob_use_dynamic_bsz", False)
+            if arr.rollout.get("log_prob_use_dynamic_bsz", False) or is_bypass_mode(self.config)
             else arr.rollout.get("log_prob_micro_batch_size_per_gpu"),
             "ref": None,
         }
@@ -415,11 +424,19 @@ class RePOTrainer(PPOTrainerSync):
         rollout-vs-actor debug metrics about the on-policy rollout only. When the remaining rows
         cannot be split evenly over the data-parallel ranks, all rows are computed, the replayed
         rows overwritten, and verl's metrics of this pass recomputed over the other rows
-        (``old_log_prob_metrics``).
+        (``old_log_prob_metrics``). In verl's rollout-correction bypass mode no row is computed:
+        on-policy rows take their rollout log-probs (as verl does), replayed rows their stored ones.
         """
         state = self._step_state
         if state is None or not state.off_keys:
             return super()._compute_old_log_prob(batch, metrics)
+        if is_bypass_mode(self.config):
+            # verl's bypass pass runs no forward: old log-probs := rollout log-probs on every row, and
+            # on a replayed row those are its stored behaviour log-probs (build_replay_row). No entropy
+            # is computed in this mode, so none is written for any row.
+            super()._compute_old_log_prob(batch, metrics)
+            self._put_stored_log_probs(batch.partition_id, with_entropy=False)
+            return batch
         off = set(state.off_keys)
         keep = [i for i, key in enumerate(batch.keys) if key not in off]
         old_log_prob_pass = [layout for layout in self._pass_layouts() if layout.name == "old_log_prob"]
@@ -440,15 +457,24 @@ class RePOTrainer(PPOTrainerSync):
                 loss_scale_factor=actor.loss_scale_factor,
                 with_rollout_log_probs=bool(self.config.actor_rollout_ref.rollout.calculate_log_probs),
             ))
-        rows = [
-            {"old_log_probs": state.off_behaviour[key], "entropy": torch.zeros_like(state.off_behaviour[key])}
-            for key in state.off_keys
-        ]
-        tq.kv_batch_put(keys=state.off_keys, partition_id=batch.partition_id, fields=list_of_dict_to_tensordict(rows))
+        self._put_stored_log_probs(batch.partition_id, with_entropy=True)
         return KVBatchMeta(
             keys=list(batch.keys), tags=list(batch.tags), partition_id=batch.partition_id, fields=None,
             extra_info=batch.extra_info,
         )
+
+    def _put_stored_log_probs(self, partition_id: str, *, with_entropy: bool) -> None:
+        """Write each replayed row's stored behaviour log-probs (L,) as its ``old_log_probs``; with
+        ``with_entropy``, also an all-zero ``entropy`` (L,), because verl's pass wrote that field on
+        the other rows and a field must be on every row of the batch."""
+        state = self._step_state
+        rows = []
+        for key in state.off_keys:
+            row = {"old_log_probs": state.off_behaviour[key]}
+            if with_entropy:
+                row["entropy"] = torch.zeros_like(state.off_behaviour[key])
+            rows.append(row)
+        tq.kv_batch_put(keys=state.off_keys, partition_id=partition_id, fields=list_of_dict_to_tensordict(rows))
 
     def _actor_dp_size(self) -> int:
         return worker_group_dp_size(self.actor_rollout_wg, "actor")
