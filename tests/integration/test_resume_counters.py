@@ -53,7 +53,7 @@ def test_counters_round_trip_through_the_store_checkpoint(tmp_path, monkeypatch,
     metrics = resumed._store_metrics()
     assert metrics["repo/bad_rows_empty_response"] == 2.0 and metrics["repo/bad_rows_nonfinite_reward"] == 1.0
     resumed._bad_rows["empty_response"] += 1  # still counts on as a defaultdict
-    assert resumed._bad_rows["empty_response"] == 3 and resumed._bad_rows["masked_response_tokens"] == 0
+    assert resumed._bad_rows["empty_response"] == 3 and resumed._bad_rows["no_loss_tokens"] == 0
 
     # past the gate (step 2 here) with 1 entry below min_cache_to_replay: before, the total restarted
     # at 0 and this warned "replay stalled" although 6 rows had been replayed in this run

@@ -50,9 +50,9 @@ def test_fine_when_something_was_injected_or_replay_is_off():
 
 
 def test_empty_store_names_the_rejected_rows():
-    bad = {"masked_response_tokens": 512, "duplicate_prompt_groups": 3}
+    bad = {"no_loss_tokens": 512, "duplicate_prompt_groups": 3}
     reason = _reason(66, store_stats=_stats(prompts=0, entries=0), bad_rows=bad)
-    assert "store is empty" in reason and "masked_response_tokens=512" in reason
+    assert "store is empty" in reason and "no_loss_tokens=512" in reason
     assert "duplicate_prompt_groups" not in reason  # duplicates are stored, not a rejection
 
 
