@@ -62,6 +62,7 @@ from repo_ext.integration.old_log_prob_metrics import old_log_prob_metrics
 from repo_ext.integration.pass_layouts import pass_layouts, rows_multiple, worker_group_dp_size
 from repo_ext.integration.replay_counters import counters_extra, restore_counters
 from repo_ext.integration.replay_rows import REPLAY_SESSION_BASE, replay_row_key
+from repo_ext.integration.rollout_correction import rollout_correction_on_policy_rows
 from repo_ext.integration.rollout_dump import mark_replayed_rows
 from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows, update_actor_skipping
 from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
@@ -136,7 +137,8 @@ def is_distillation_on(config: DictConfig) -> bool:
 def is_bypass_mode(config: DictConfig) -> bool:
     """verl's rollout-correction bypass mode: old log-probs are the rollout's, no forward pass
     (the test verl's V1 trainer makes in ``_compute_old_log_prob`` and ``_compute_advantage``)."""
-    rollout_corr = config.algorithm.get("rollout_correction", None)
+    algorithm = config.get("algorithm", None)
+    rollout_corr = None if algorithm is None else algorithm.get("rollout_correction", None)
     return bool(rollout_corr is not None and rollout_corr.get("bypass_mode", False))
 
 
@@ -491,7 +493,11 @@ class RePOTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ 4. advantage metrics
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._compute_advantage(batch, metrics)
+        if self._rollout_correction_on_policy_rows(batch, metrics):
+            with self._verl_rollout_correction_off():  # done above, over the on-policy rows
+                batch = super()._compute_advantage(batch, metrics)
+        else:
+            batch = super()._compute_advantage(batch, metrics)
         state = self._step_state
         if state is None:
             return batch
@@ -510,6 +516,37 @@ class RePOTrainer(PPOTrainerSync):
         if dump_dir:
             self._dump_step_rows(dump_dir, batch.partition_id, real_keys)
         return batch
+
+    def _rollout_correction_on_policy_rows(self, batch: KVBatchMeta, metrics: dict) -> bool:
+        """verl's rollout correction (decoupled mode) over the on-policy rows only, replayed and padding
+        rows weighted by their response mask (``rollout_correction``); whether it ran."""
+        state = self._step_state
+        rollout_corr = self.config.algorithm.get("rollout_correction", None)
+        if state is None or not state.off_keys or rollout_corr is None or is_bypass_mode(self.config):
+            return False  # verl's own pass is right: no replayed row, or (bypass) no correction here
+        on = set(state.on_keys)
+        corr_metrics = rollout_correction_on_policy_rows(
+            rollout_corr, on_keys=state.on_keys, other_keys=[k for k in batch.keys if k not in on],
+            partition_id=batch.partition_id,
+        )
+        if corr_metrics is None:
+            return False
+        metrics.update(corr_metrics)
+        return True
+
+    @contextmanager
+    def _verl_rollout_correction_off(self):
+        """For this call only, no ``algorithm.rollout_correction``: verl's _compute_advantage then skips
+        its rollout correction over all rows (verl/trainer/ppo/v1/trainer_base.py)."""
+        algorithm = self.config.algorithm
+        saved = algorithm.rollout_correction
+        with open_dict(self.config):
+            algorithm.rollout_correction = None
+        try:
+            yield
+        finally:
+            with open_dict(self.config):
+                algorithm.rollout_correction = saved
 
     def _dump_step_rows(self, dump_dir: str, partition_id: str, keys: list[str]) -> None:
         """Debugging aid (``REPO_EXT_DUMP_DIR``): this step's rows as the actor will see them."""
