@@ -224,3 +224,47 @@ def test_grpo_baseline_shares_the_settings():
     assert grpo.trainer.v1.trainer_mode == "sync"
     assert grpo.data == repo.data
     assert grpo.actor_rollout_ref.rollout.n == repo.actor_rollout_ref.rollout.n
+
+
+def test_a_program_of_ones_own_composing_a_recipe_dir_appends_repo(tmp_path):
+    # README: a program that composes with Hydra's API (not verl's entry point) lists
+    # pkg://repo_ext.config in its hydra.searchpath and appends +algorithm=repo
+    (tmp_path / "my_trainer.yaml").write_text(
+        "hydra:\n  searchpath:\n    - pkg://verl.trainer.config\n    - pkg://repo_ext.config\n"
+        "defaults:\n  - ppo_trainer\n  - _self_\ndata:\n  train_batch_size: 64\n"
+    )
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        cfg = compose(config_name="my_trainer", overrides=["+algorithm=repo", "algorithm.repo.num_replays=2"])
+        assert cfg.algorithm.adv_estimator == "repo_split" and cfg.algorithm.repo.num_replays == 2
+        assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == "repo" and cfg.data.train_batch_size == 64
+        # verl's ppo_trainer came as it ships (no slot): the literal form has nothing to override
+        with pytest.raises(ConfigCompositionException, match="Could not override 'algorithm'"):
+            compose(config_name="my_trainer", overrides=["algorithm=repo"])
+
+
+def test_an_app_that_is_not_verls_has_hydras_own_search_path_in_process(tmp_path, monkeypatch):
+    # an app with its own `algorithm` group, whose `grpo` option sits in a hydra.searchpath dir (after
+    # every plugin's entries): composed in this process with and without our plugin discovered
+    conf, extra = tmp_path / "conf", tmp_path / "extra"
+    (conf / "algorithm").mkdir(parents=True)
+    (extra / "algorithm").mkdir(parents=True)
+    (conf / "app.yaml").write_text(f"hydra:\n  searchpath:\n    - file://{extra}\ndefaults:\n  - algorithm: ppo\n  - _self_\n")
+    (conf / "algorithm" / "ppo.yaml").write_text("name: their_ppo\n")
+    (extra / "algorithm" / "grpo.yaml").write_text("name: their_grpo\n")
+
+    def app(overrides):
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            cfg = compose(config_name="app", overrides=overrides, return_hydra_config=True)
+            return cfg, [(s.provider, s.path) for s in cfg.hydra.runtime.config_sources]
+
+    discover = Plugins.discover
+    for overrides in ([], ["algorithm=grpo"]):
+        ours, our_sources = app(overrides)
+        with monkeypatch.context() as patch:
+            patch.setattr(Plugins, "discover", lambda self, plugin_type=None: [
+                c for c in discover(self, plugin_type) if not c.__module__.startswith(OUR_PLUGIN_PACKAGE)])
+            reference, reference_sources = app(overrides)
+        assert our_sources == reference_sources
+        assert ours.algorithm.name == ("their_grpo" if overrides else "their_ppo")
+        assert OmegaConf.to_container(ours)["algorithm"] == OmegaConf.to_container(reference)["algorithm"]
+        assert ours.hydra.runtime.choices == reference.hydra.runtime.choices
