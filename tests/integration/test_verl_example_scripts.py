@@ -286,6 +286,58 @@ DR_GRPO = [
 ]
 
 
+# examples/grpo_trainer/run_qwen2-7b_math_megatron_fsdp.sh: `--config-name=ppo_megatron_trainer.yaml`
+# (TP=4, PP=1, GEN_TP=4, async rollout, mbridge, Megatron-FSDP)
+MEGATRON_QWEN2_7B_MATH = [
+    f"data.train_files=['{HOME}/data/gsm8k/train.parquet', '{HOME}/data/math/train.parquet']",
+    f"data.val_files=['{HOME}/data/gsm8k/test.parquet', '{HOME}/data/math/test.parquet']",
+    "data.return_raw_chat=True",
+    "data.train_batch_size=32",
+    "data.max_prompt_length=512",
+    "data.max_response_length=512",
+    "data.filter_overlong_prompts=True",
+    "data.truncation=error",
+    "algorithm.use_kl_in_reward=False",
+    "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-7B",
+    "actor_rollout_ref.model.use_fused_kernels=False",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=4",
+    "actor_rollout_ref.rollout.name=vllm",
+    "actor_rollout_ref.rollout.mode=async",
+    "actor_rollout_ref.rollout.gpu_memory_utilization=0.4",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.optim.lr=1e-6",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.actor.use_kl_loss=True",
+    "actor_rollout_ref.actor.kl_loss_coef=0.001",
+    "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+    "actor_rollout_ref.actor.entropy_coeff=0",
+    "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=1",
+    "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4",
+    "actor_rollout_ref.actor.megatron.use_mbridge=True",
+    "actor_rollout_ref.actor.megatron.vanilla_mbridge=False",
+    "actor_rollout_ref.actor.megatron.use_megatron_fsdp=True",
+    "++actor_rollout_ref.actor.megatron.override_transformer_config.gradient_accumulation_fusion=False",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=1",
+    "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=4",
+    "actor_rollout_ref.ref.megatron.use_mbridge=True",
+    "actor_rollout_ref.ref.megatron.vanilla_mbridge=False",
+    "actor_rollout_ref.ref.megatron.use_megatron_fsdp=True",
+    "++actor_rollout_ref.ref.megatron.override_transformer_config.gradient_accumulation_fusion=False",
+    "trainer.critic_warmup=0",
+    "trainer.logger=['console','wandb']",
+    "trainer.project_name=verl_grpo_example_gsm8k_math",
+    "trainer.experiment_name=qwen2_7b_megatron_fsdp",
+    "trainer.n_gpus_per_node=8",
+    "trainer.nnodes=1",
+    "trainer.save_freq=20",
+    "trainer.test_freq=5",
+    "trainer.total_epochs=15",
+]
+
+
 def _without(overrides, *keys):
     return [o for o in overrides if o.split("=", 1)[0].lstrip("+") not in keys]
 
@@ -327,6 +379,17 @@ SCRIPTS = {
         "algorithm.adv_estimator=grpo (swapped); actor_rollout_ref.hybrid_engine=False, rollout.nnodes=2, "
         "rollout.n_gpus_per_node=2 (keys of the one-step-off entry point's own config, not of ppo_trainer)",
         PASSES, None),
+    "grpo_trainer/run_qwen2-7b_math_megatron_fsdp.sh (--config-name=ppo_megatron_trainer)": (
+        MEGATRON_QWEN2_7B_MATH, "algorithm.adv_estimator=grpo (swapped)", PASSES, None),
+    # common additions to a script, on run_qwen3_8b_fsdp.sh: validation with n > 1, validation only,
+    # a reward model, a custom reward function, Ulysses sequence parallelism, several PPO epochs
+    "run_qwen3_8b_fsdp.sh + val n=4, val_only, reward model, custom reward, Ulysses 2, ppo_epochs=2": (
+        [*QWEN3_8B_FSDP, "actor_rollout_ref.rollout.val_kwargs.n=4", "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+         "trainer.val_only=True", "reward.reward_model.enable=True", "reward.reward_model.model_path=Skywork/RM",
+         "reward.custom_reward_function.path=/home/user/my_reward.py", "reward.custom_reward_function.name=compute_score",
+         "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "actor_rollout_ref.ref.ulysses_sequence_parallel_size=2",
+         "actor_rollout_ref.actor.ppo_epochs=2", "actor_rollout_ref.actor.shuffle=True"],
+        "algorithm.adv_estimator=grpo (swapped)", PASSES, None),
     "DAPO + dynamic sampling (algorithm.filter_groups.enable=True)": (
         [*DAPO_7B_MATH, "algorithm.filter_groups.enable=True", "algorithm.filter_groups.metric=acc",
          "algorithm.filter_groups.max_num_gen_batches=10"],
@@ -367,7 +430,8 @@ def _launch(overrides):
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    cfg = compose_verl(["algorithm=repo", *overrides], hydra=True)
+    name = "ppo_megatron_trainer" if overrides is MEGATRON_QWEN2_7B_MATH else "ppo_trainer"
+    cfg = compose_verl(["algorithm=repo", *overrides], name=name, hydra=True)
     RePOLaunchCheck().on_job_start(config=cfg)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     auto_set_device(job)
