@@ -136,11 +136,19 @@ def test_same_gradient_norms_and_weights_with_and_without_skipping(runs):
     """The gradient is the same (the norm gradient clipping sees, per step: a wrong normaliser or a
     wrong mini-batch would scale or change it), and so are the weights after AdamW.
 
-    Weights: float summation order changes a gradient by ~1e-7 relative, which AdamW's first steps
-    pass on as ~lr * 1e-7 for all but near-zero gradients. For an element whose gradient is at the
-    float-noise level (|g| ~ AdamW's eps 1e-8, e.g. a nearly cancelling embedding row) the update
-    g / (|g| + eps) is ill-conditioned and may move it by up to ~lr per step in either run. So: all
-    but 0.1% of the elements within atol 1e-6 / rtol 1e-5, every element within 2 * lr * steps.
+    Weights: float summation order changes a gradient by ~1e-7 relative, which AdamW passes on as
+    ~lr * 1e-7. Every element must agree within atol 1e-6 / rtol 1e-5, without exceptions
+    (measured 2026-12-04: at 8a01450 no element outside, largest difference 4.7e-8; at c4d2ec5 no
+    element outside, largest 2.6e-8 against a largest training change of 1.0e-3). An element
+    whose gradient sits at the float-noise level (|g| ~ AdamW's eps 1e-8) could in principle move
+    by ~lr in one run and not the other; that did not happen here, and this set-up is
+    deterministic, so a failure there is a real change to look at, not noise to allow.
+
+    Scale: AdamW's first step is nearly invariant to the gradient's scale (lr * g / |g|), so the
+    weights alone would not see a wrong normaliser; the grad norms above do. Beyond that, the
+    largest weight difference must stay below 0.1% of the largest change training made: a
+    mis-assigned row or mini-batch (an update that differs by a realistic amount) moves some
+    weights by a sizeable part of lr * steps, 1000 times more.
     """
     skip, with_skip = runs["skip"]
     noskip, without = runs["noskip"]
@@ -149,10 +157,8 @@ def test_same_gradient_norms_and_weights_with_and_without_skipping(runs):
     assert with_skip.keys() == without.keys()
     moved = max(float((without[k] - v).abs().max()) for k, v in runs["initial"].items() if k in without)
     assert moved > 1e-4  # training changed the weights (so equal weights mean an equal update)
-    total = outside = 0
+    largest = 0.0
     for name in without:
-        diff = (with_skip[name] - without[name]).abs()
-        assert float(diff.max()) <= 2 * LR * STEPS, name
-        outside += int((diff > ATOL + RTOL * without[name].abs()).sum())
-        total += diff.numel()
-    assert outside <= 1e-3 * total, f"{outside} of {total} weights differ by more than atol {ATOL} / rtol {RTOL}"
+        torch.testing.assert_close(with_skip[name], without[name], atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}")
+        largest = max(largest, float((with_skip[name] - without[name]).abs().max()))
+    assert largest <= 1e-3 * moved, f"largest weight difference {largest:.3g} vs largest training change {moved:.3g}"
