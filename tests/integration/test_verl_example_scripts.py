@@ -343,21 +343,21 @@ def _without(overrides, *keys):
 
 
 # name -> (overrides after algorithm=repo, what was dropped from the script and why, expectation,
-#          whose work the expectation depends on)
+#          the issue-23 finding whose fix the expectation follows, or None)
 SCRIPTS = {
     "grpo_trainer/run_qwen3_8b_fsdp.sh": (
         QWEN3_8B_FSDP, "algorithm.adv_estimator=grpo (swapped)", PASSES, None),
     "grpo_trainer/run_qwen3_8b_fsdp.sh, adv_estimator=grpo left in": (
         ["algorithm.adv_estimator=grpo", *QWEN3_8B_FSDP], "nothing",
-        ("algorithm.adv_estimator=grpo", "Remove the override algorithm.adv_estimator=grpo"), "H3"),
-    # H1: algorithm.norm_adv_by_std_in_grpo=False must govern RePO's advantages (or be refused)
+        ("algorithm.adv_estimator=grpo", "Remove the override algorithm.adv_estimator=grpo"), "issue 23 finding 5"),
+    # finding 3: algorithm.norm_adv_by_std_in_grpo=False must govern RePO's advantages (or be refused)
     "grpo_trainer/run_qwen3_8b_fsdp.sh + Dr. GRPO (docs/algo/grpo.md)": (
         [*_without(QWEN3_8B_FSDP, "actor_rollout_ref.actor.use_kl_loss"), *DR_GRPO],
-        "algorithm.adv_estimator=grpo (swapped)", PASSES, "H1"),
+        "algorithm.adv_estimator=grpo (swapped)", PASSES, "issue 23 finding 3"),
     "gspo_trainer/run_qwen3_8b_fsdp.sh": (
         GSPO_QWEN3_8B_FSDP, "algorithm.adv_estimator=grpo (swapped)",
         ("actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
-         "Remove the override actor_rollout_ref.actor.policy_loss.loss_mode=gspo"), "H3"),
+         "Remove the override actor_rollout_ref.actor.policy_loss.loss_mode=gspo"), "issue 23 finding 5"),
     "gspo_trainer/run_qwen3_8b_fsdp.sh without its loss_mode": (
         _without(GSPO_QWEN3_8B_FSDP, "actor_rollout_ref.actor.policy_loss.loss_mode"),
         "algorithm.adv_estimator=grpo (swapped), actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
@@ -373,7 +373,7 @@ SCRIPTS = {
     # (ray_trainer.py, apply_bypass_mode), so this run trains with the `repo` PPO-clip loss
     "rollout_correction/run_qwen2_5_7b_fsdp.sh with rollout.n=5": (
         [*BYPASS_IS_QWEN2_5_7B, "actor_rollout_ref.rollout.n=5"], "algorithm.adv_estimator=rloo (swapped)",
-        PASSES, "H2"),
+        PASSES, "issue 23 finding 1"),
     "one_step_off_policy/shell/dapo_7b_math_fsdp2_4_12.sh settings on main_ppo": (
         DAPO_7B_MATH,
         "algorithm.adv_estimator=grpo (swapped); actor_rollout_ref.hybrid_engine=False, rollout.nnodes=2, "
@@ -394,7 +394,8 @@ SCRIPTS = {
         [*DAPO_7B_MATH, "algorithm.filter_groups.enable=True", "algorithm.filter_groups.metric=acc",
          "algorithm.filter_groups.max_num_gen_batches=10"],
         "as above",
-        ("algorithm.filter_groups.enable=True", "Remove the override algorithm.filter_groups.enable=True"), "H3"),
+        ("algorithm.filter_groups.enable=True", "Remove the override algorithm.filter_groups.enable=True"),
+        "issue 23 finding 5"),
 }
 
 
