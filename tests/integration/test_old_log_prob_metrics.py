@@ -117,3 +117,43 @@ def test_fallback_over_all_rows_reports_on_policy_rows_only(store, monkeypatch):
     # the replayed row's old log-probs are its stored behaviour log-probs, not the actor's
     assert torch.equal(store["off1"]["old_log_probs"], behaviour)
     assert torch.equal(store["on1"]["old_log_probs"], torch.tensor(ROWS["on1"][1]))
+
+
+def test_bypass_mode_runs_no_forward_and_needs_no_entropy(store):
+    """Issue #23 finding 1: in bypass mode (algorithm.rollout_correction.bypass_mode=true) verl's own
+    pass copies rollout log-probs into old log-probs and computes no entropy. With on-policy rows that
+    are not a multiple of the micro-batch (the fallback's case), no forward pass may run and nothing
+    may read ``entropy`` (it raised KeyError 'entropy'). Old log-probs: rollout ones on on-policy rows,
+    stored ones on the replayed row."""
+    trainer = object.__new__(RePOTrainer)
+    trainer.config = OmegaConf.create(
+        {
+            "algorithm": {"rollout_correction": {"bypass_mode": True}},
+            "actor_rollout_ref": {
+                "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None, "use_dynamic_bsz": False,
+                          "ppo_micro_batch_size_per_gpu": 4},
+                "rollout": {"calculate_log_probs": True, "log_prob_micro_batch_size_per_gpu": 4,
+                            "log_prob_use_dynamic_bsz": False},
+            },
+        }
+    )
+    trainer.use_reference_policy = False
+
+    class ActorGroup:
+        _dispatch_info = {"actor": [0]}
+
+        def compute_log_prob(self, batch):
+            raise AssertionError("bypass mode ran an old-log-prob forward pass")
+
+    trainer.actor_rollout_wg = ActorGroup()
+    behaviour = torch.tensor(ROWS["off1"][0])  # a replayed row's rollout log-probs are its stored ones
+    trainer._step_state = _StepState(on_keys=["on1", "on2"], off_keys=["off1"], off_behaviour={"off1": behaviour})
+    batch = KVBatchMeta(keys=list(ROWS), tags=[{}, {}, {}], partition_id="train", fields=None, extra_info={})
+    metrics = {}
+    trainer._compute_old_log_prob(batch, metrics)
+
+    for key in ("on1", "on2"):
+        assert torch.equal(store[key]["old_log_probs"], torch.tensor(ROWS[key][0]))
+    assert torch.equal(store["off1"]["old_log_probs"], behaviour)
+    assert not any("entropy" in row for row in store.values())
+    assert "actor/entropy" not in metrics
