@@ -105,7 +105,9 @@ IS_CONFIG = {"bypass_mode": False, "rollout_is": "token", "rollout_is_threshold"
 
 def test_is_weights_normalised_over_on_policy_tokens_and_one_on_replayed_rows(store):
     metrics: dict = {}
-    _trainer(IS_CONFIG)._compute_advantage(_batch(), metrics)
+    trainer = _trainer(IS_CONFIG)
+    trainer._compute_advantage(_batch(), metrics)
+    assert OmegaConf.to_container(trainer.config.algorithm.rollout_correction) == IS_CONFIG  # restored after the step
     weights = torch.cat([store[k]["rollout_is_weights"] for k in ON])
     torch.testing.assert_close(weights, torch.tensor(RAW) / ON_MEAN, rtol=1e-6, atol=0)
     for key in OFF:
