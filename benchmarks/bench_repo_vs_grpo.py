@@ -50,8 +50,6 @@ Examples::
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -81,12 +79,14 @@ from benchlib.records import (  # noqa: E402
 )
 from benchlib.reports import _fmt, estimates_markdown, markdown, print_ratios, write_results  # noqa: E402
 from benchlib.runs import (  # noqa: E402
+    MergedSampler,
     Setup,
     TreeSampler,
     arm_overrides,
     eval_steps_of,
     evaluate_checkpoint,
     prepare,
+    segments_of,
     train_arm,
     worker_threads,
 )
@@ -109,8 +109,60 @@ __all__ = [
     "baseline_of", "calibration_rates", "estimates", "estimates_markdown", "evaluate_checkpoint", "main", "markdown",
     "parse_arm_steps", "parse_args", "parse_arms", "plan", "plot", "pooled_replay_effect", "prompt_steps_from_repo_dump",
     "prompt_steps_from_rollout_dump", "ratios", "settings_from_args", "step_bands", "whole_update_skipped_steps",
-    "eval_steps_of",
+    "eval_steps_of", "segments_of",
 ]
+
+
+def finish_arm(arm: str, s: BenchSettings, args, run_dir: Path, p: dict, replay_steps: list[int]) -> dict:
+    """An arm's results entry once its last step ran: per-step rows over all its segments, prompt-step
+    records, summary, and the held-out evaluations of its checkpoints (then deleted)."""
+    steps = s.steps_of(arm)
+    sampler = MergedSampler(p["samplers"])
+    rows = step_rows(p["records"], sampler)
+    if len(rows) != steps:
+        raise SystemExit(f"arm {arm}: verl logged {len(rows)} steps, expected {steps}; see {run_dir}")
+    if arm == STOCK_GRPO:
+        prompt_steps = prompt_steps_from_rollout_dump(run_dir / "rollouts")
+    else:
+        prompt_steps = prompt_steps_from_repo_dump(run_dir / "dump")
+    fill_step_fractions(rows, prompt_steps)
+    entry = {
+        "overrides": p["overrides"],
+        "run_seconds": p["seconds"],
+        "startup_seconds": p["startup"],
+        "segments": len(p["samplers"]),
+        "load_avg_before": p["load_before"],
+        "load_avg_mean": _mean(sampler.load),
+        "steps": rows,
+        "summary": arm_summary(rows, replay_steps),
+        "prompt_steps": prompt_steps,
+    }
+    say(
+        f"arm {arm}: {p['seconds']:.0f} s; reward {_fmt(entry['summary']['all_steps']['reward_mean'], '.3f')}; "
+        f"non-zero adv (replay steps) on {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_on'])} "
+        f"all {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_all'])}; "
+        f"step {_fmt(entry['summary']['replay_steps']['step_s'], '.1f')} s; peak RSS {_fmt(entry['summary']['peak_rss_gib'])} GiB"
+    )
+    if not args.skip_eval:
+        entry["evaluations"] = {}
+        cumulative = {r["step"]: r["cumulative_train_s"] for r in rows}
+        for step in eval_steps_of(s, arm):
+            checkpoint = run_dir / "checkpoints" / f"global_step_{step}"
+            say(f"arm {arm}: held-out evaluation of {checkpoint} ({s.eval_problems} problems)")
+            try:
+                held = evaluate_checkpoint(checkpoint, s, run_dir / f"heldout_step{step}.json", run_dir / f"eval_step{step}.log")
+            except (subprocess.SubprocessError, OSError, KeyError, ValueError) as error:
+                # keep the arm's training records: a failed evaluation is reported, not fatal
+                say(f"arm {arm}: step {step} evaluation FAILED ({error!r}); see {run_dir / f'eval_step{step}.log'}")
+                entry["evaluations"][str(step)] = {"error": repr(error)}
+                continue
+            held["cumulative_train_s"] = cumulative.get(step)
+            entry["evaluations"][str(step)] = held
+            say(f"arm {arm}: step {step} held-out pass@1 {100 * held['pass@1']:.1f}% ({held['seconds']:.0f} s)")
+        if "pass@1" in entry["evaluations"].get(str(steps), {}):
+            entry["heldout"] = entry["evaluations"][str(steps)]
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~1.6 GB each with SmolLM2
+    return entry
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -145,62 +197,35 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"base model: held-out evaluation ({s.eval_problems} problems)")
         results["base_heldout"] = evaluate_checkpoint(setup.model_dir, s, work / "base_heldout.json", work / "base_eval.log")
         say(f"base model: held-out pass@1 {100 * results['base_heldout']['pass@1']:.1f}%")
-    for arm in arms:
+    # with --alternate-every, block by block (each block resumes every arm from its checkpoint)
+    partial = {arm: {"records": [], "samplers": [], "seconds": 0.0, "startup": 0.0} for arm in arms}
+    for arm, first, last in segments_of(s, arms):
         run_dir = work / arm
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        if first == 1:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
         steps = s.steps_of(arm)
-        overrides = arm_overrides(s, setup, arm, run_dir, save=not args.skip_eval)
-        load_before = os.getloadavg()
-        say(f"arm {arm}: training ({steps} steps); verl log {run_dir / 'train.log'}")
-        records, sampler, seconds = train_arm(overrides, run_dir, args.run_timeout, args.rss_interval, label=f"arm {arm}", threads=worker_threads(s))
-        rows = step_rows(records, sampler)
-        if len(rows) != steps:
-            raise SystemExit(f"arm {arm}: verl logged {len(rows)} steps, expected {steps}; see {run_dir / 'train.log'}")
-        if arm == STOCK_GRPO:
-            prompt_steps = prompt_steps_from_rollout_dump(run_dir / "rollouts")
-        else:
-            prompt_steps = prompt_steps_from_repo_dump(run_dir / "dump")
-        fill_step_fractions(rows, prompt_steps)
-        entry = {
-            "overrides": overrides,
-            "run_seconds": seconds,
-            "startup_seconds": sampler.step_seen_at.get(1, seconds) - rows[0]["step_s"] if rows else None,
-            "load_avg_before": load_before[0],
-            "load_avg_mean": _mean(sampler.load),
-            "steps": rows,
-            "summary": arm_summary(rows, results["replay_steps"]),
-            "prompt_steps": prompt_steps,
-        }
-        say(
-            f"arm {arm}: {seconds:.0f} s; reward {_fmt(entry['summary']['all_steps']['reward_mean'], '.3f')}; "
-            f"non-zero adv (replay steps) on {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_on'])} "
-            f"all {_fmt(entry['summary']['replay_steps']['nonzero_adv_frac_all'])}; "
-            f"step {_fmt(entry['summary']['replay_steps']['step_s'], '.1f')} s; peak RSS {_fmt(entry['summary']['peak_rss_gib'])} GiB"
+        overrides = arm_overrides(s, setup, arm, run_dir, save=not args.skip_eval, until_step=last if s.alternate_every else None)
+        p = partial[arm]
+        p.setdefault("overrides", overrides)
+        p.setdefault("load_before", os.getloadavg()[0])
+        say(f"arm {arm}: training steps {first}-{last} of {steps}; verl log {run_dir}/train*.log")
+        records, sampler, seconds = train_arm(
+            overrides, run_dir, args.run_timeout, args.rss_interval, label=f"arm {arm}", threads=worker_threads(s), first_step=first
         )
-        if not args.skip_eval:
-            entry["evaluations"] = {}
-            cumulative = {r["step"]: r["cumulative_train_s"] for r in rows}
-            for step in eval_steps_of(s, arm):
-                checkpoint = run_dir / "checkpoints" / f"global_step_{step}"
-                say(f"arm {arm}: held-out evaluation of {checkpoint} ({s.eval_problems} problems)")
-                try:
-                    held = evaluate_checkpoint(checkpoint, s, run_dir / f"heldout_step{step}.json", run_dir / f"eval_step{step}.log")
-                except (subprocess.SubprocessError, OSError, KeyError, ValueError) as error:
-                    # keep the arm's training records: a failed evaluation is reported, not fatal
-                    say(f"arm {arm}: step {step} evaluation FAILED ({error!r}); see {run_dir / f'eval_step{step}.log'}")
-                    entry["evaluations"][str(step)] = {"error": repr(error)}
-                    continue
-                held["cumulative_train_s"] = cumulative.get(step)
-                entry["evaluations"][str(step)] = held
-                say(f"arm {arm}: step {step} held-out pass@1 {100 * held['pass@1']:.1f}% ({held['seconds']:.0f} s)")
-            if "pass@1" in entry["evaluations"].get(str(steps), {}):
-                entry["heldout"] = entry["evaluations"][str(steps)]
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~1.6 GB each with SmolLM2
-        results["arms"][arm] = entry
-        results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        write_results(results, out)  # after every arm: a stopped benchmark keeps what it finished
-        say(f"arm {arm} done; results so far in {out}")
+        segment_rows = step_rows(records, sampler)
+        if [r["step"] for r in segment_rows] != list(range(first, last + 1)):
+            raise SystemExit(f"arm {arm}: verl logged steps {[r['step'] for r in segment_rows]}, expected {first}-{last}; see {run_dir}")
+        p["records"] += records
+        p["samplers"].append(sampler)
+        p["seconds"] += seconds
+        # launch to the first step's metrics, minus that step's own time: start-up (and resume)
+        p["startup"] += sampler.step_seen_at.get(first, seconds) - segment_rows[0]["step_s"]
+        if last == steps:
+            results["arms"][arm] = finish_arm(arm, s, args, run_dir, p, results["replay_steps"])
+            results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            write_results(results, out)  # after every arm: a stopped benchmark keeps what it finished
+            say(f"arm {arm} done; results so far in {out}")
     print()
     print(markdown(results).split("## Per step")[0])
     print_ratios(results)

@@ -70,7 +70,9 @@ def plan(s: BenchSettings, arms: list[str], rates: dict) -> dict:
         update = rates["update"] * on_rows * row_tokens
         replaying = arm not in GRPO_ARMS and ARMS[arm]["strategy"] != "none"
         n_replay = len([t for t in range(1, steps + 1) if t in replay]) if replaying else 0
-        seconds = rates["startup"] + steps * (base + update) + n_replay * update + evaluations * eval_s
+        # --alternate-every: every block of an arm is a run of its own, with its own start-up
+        runs = -(-steps // s.alternate_every) if s.alternate_every else 1
+        seconds = rates["startup"] * runs + steps * (base + update) + n_replay * update + evaluations * eval_s
         out["arms"][arm] = {
             "steps": steps, "replay_steps": n_replay, "prompt_steps_replay": n_replay * s.prompts_per_step,
             "prompt_steps": steps * s.prompts_per_step, "step_s": base + update,

@@ -55,7 +55,9 @@ def prepare(s: BenchSettings, work: Path) -> Setup:
     return Setup(model, Path(train), "pkg://repo_ext.data.reward", prompt_length_for(model, rows))
 
 
-def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: bool) -> list[str]:
+def arm_overrides(
+    s: BenchSettings, setup: Setup, arm: str, out: Path, save: bool, until_step: int | None = None
+) -> list[str]:
     """``main_ppo`` overrides of one arm. RePO arms differ only in ``algorithm.repo.*``;
     ``stock_grpo`` is ``algorithm=grpo`` (verl's trainer and loss) with everything else the same.
 
@@ -66,6 +68,10 @@ def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: boo
     """
     rows = s.prompts_per_step * s.samples
     steps = s.steps_of(arm)
+    # --alternate-every K: the arm runs in segments of K steps, each resuming from the previous
+    # segment's checkpoint (verl's resume_mode=auto; the RePO store is saved with it)
+    segment = s.alternate_every > 0
+    save_freq = s.alternate_every if segment else ((s.eval_every or steps) if save else -1)
     if arm == STOCK_GRPO:
         algorithm = ["--config-name=repo_trainer", "+preset=cpu", "algorithm=grpo", f"trainer.rollout_data_dir={out / 'rollouts'}"]
     else:
@@ -107,10 +113,13 @@ def arm_overrides(s: BenchSettings, setup: Setup, arm: str, out: Path, save: boo
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",
         # verl also saves the last step; eval_every > 0 keeps every N-th step's checkpoint for the accuracy curve
-        f"trainer.save_freq={(s.eval_every or steps) if save else -1}",
-        f"trainer.total_training_steps={steps}",
+        f"trainer.save_freq={save_freq}",
+        f"trainer.total_training_steps={until_step or steps}",
         "trainer.total_epochs=1000",
-        "trainer.resume_mode=disable",
+        f"trainer.resume_mode={'auto' if segment else 'disable'}",
+        # segments keep the last two checkpoints (1.6 GB each with SmolLM2): enough to resume
+        # (all of them when intermediate checkpoints are to be evaluated)
+        *(["trainer.max_actor_ckpt_to_keep=2"] if segment and not (save and s.eval_every) else []),
         "trainer.logger=[console,file]",
         "trainer.project_name=bench_repo_vs_grpo",
         f"trainer.experiment_name={arm}",
@@ -126,8 +135,9 @@ class TreeSampler(threading.Thread):
     the machine's 1-minute load average; attributes each sample to the step that is running, i.e.
     the first step whose metrics line has not appeared yet in ``metrics_path``."""
 
-    def __init__(self, pid: int, metrics_path: Path, interval: float, label: str = ""):
+    def __init__(self, pid: int, metrics_path: Path, interval: float, label: str = "", first_step: int = 1):
         super().__init__(daemon=True)
+        self.first_step = first_step  # a resumed segment's metrics file starts at this step
         self.pid, self.metrics_path, self.interval, self.label = pid, metrics_path, interval, label
         self.stop_event = threading.Event()
         self.peak_rss: dict[int, int] = {}  # step -> bytes (step 0: start-up before step 1)
@@ -160,12 +170,12 @@ class TreeSampler(threading.Thread):
         while not self.stop_event.is_set():
             done = self._logged_steps()
             now = time.monotonic() - self.started
-            for step in range(1, done + 1):
+            for step in range(self.first_step, self.first_step + done):
                 if step not in self.step_seen_at and self.label:  # progress, one line per step
                     say(f"{self.label}: step {step} logged, {now:.0f} s since launch, load average {os.getloadavg()[0]:.1f}")
                 self.step_seen_at.setdefault(step, now)
             rss = self._tree_rss()
-            running = done + 1
+            running = self.first_step + done
             self.peak_rss[running] = max(self.peak_rss.get(running, 0), rss)
             load = os.getloadavg()[0]
             self.load.append(load)
@@ -178,21 +188,26 @@ def worker_threads(s: BenchSettings) -> int:
 
 
 def train_arm(
-    overrides: list[str], run_dir: Path, timeout_s: float, interval: float, label: str = "", threads: int = 1
+    overrides: list[str], run_dir: Path, timeout_s: float, interval: float, label: str = "", threads: int = 1,
+    first_step: int = 1,
 ) -> tuple[list[dict], TreeSampler, float]:
+    """One ``main_ppo`` run of an arm (or one segment, starting at ``first_step``): verl's per-step
+    metrics records, the sampler (RSS, load per step) and the run's wall seconds. A segment gets its
+    own metrics file and log (verl's file logger truncates its file on start)."""
     from repo_ext.cpu.tiny_run import run_main_ppo
 
-    metrics_path = run_dir / "metrics.jsonl"
+    suffix = "" if first_step == 1 else f"_from{first_step}"
+    metrics_path = run_dir / f"metrics{suffix}.jsonl"
     metrics_path.unlink(missing_ok=True)
     holder: dict[str, TreeSampler] = {}
 
     def start_sampler(proc: subprocess.Popen) -> None:
-        holder["sampler"] = TreeSampler(proc.pid, metrics_path, interval, label)
+        holder["sampler"] = TreeSampler(proc.pid, metrics_path, interval, label, first_step=first_step)
         holder["sampler"].start()
 
     try:
         result = run_main_ppo(
-            overrides, timeout_s=timeout_s, log_path=run_dir / "train.log",
+            overrides, timeout_s=timeout_s, log_path=run_dir / f"train{suffix}.log",
             # OMP_NUM_THREADS reaches every Ray worker: Ray sets 1 (the actor's num_cpus) only where it is unset
             env={"VERL_FILE_LOGGER_PATH": str(metrics_path), "REPO_EXT_DUMP_DIR": str(run_dir / "dump"),
                  "OMP_NUM_THREADS": str(threads)},
@@ -249,3 +264,38 @@ def evaluate_checkpoint(checkpoint: Path, s: BenchSettings, out_json: Path, log_
         "seconds": time.monotonic() - start,
         "per_problem": per_problem,
     }
+
+
+class MergedSampler:
+    """The samplers of an arm's segments as one (same attributes as :class:`TreeSampler`; a step's
+    ``step_seen_at`` is relative to its own segment's launch)."""
+
+    def __init__(self, samplers: list[TreeSampler]):
+        self.peak_rss: dict[int, int] = {}
+        self.step_seen_at: dict[int, float] = {}
+        self.load: list[float] = []
+        self.load_by_step: dict[int, list[float]] = {}
+        for sampler in samplers:
+            for step, rss in sampler.peak_rss.items():
+                self.peak_rss[step] = max(self.peak_rss.get(step, 0), rss)
+            for step, seen in sampler.step_seen_at.items():
+                self.step_seen_at.setdefault(step, seen)
+            self.load += sampler.load
+            for step, loads in sampler.load_by_step.items():
+                self.load_by_step.setdefault(step, []).extend(loads)
+
+
+def segments_of(s: BenchSettings, arms: list[str]) -> list[tuple[str, int, int]]:
+    """(arm, first step, last step) in run order: with ``alternate_every`` K, block by block (steps
+    1-K of every arm, then K+1-2K, ...), the arms' order rotating by one each block so that no arm
+    always runs first after another arm's start-up; without it, each arm whole, in ``arms`` order."""
+    if not s.alternate_every:
+        return [(arm, 1, s.steps_of(arm)) for arm in arms]
+    out = []
+    longest = max(s.steps_of(arm) for arm in arms)
+    for block, first in enumerate(range(1, longest + 1, s.alternate_every)):
+        order = arms[block % len(arms):] + arms[:block % len(arms)]
+        for arm in order:
+            if first <= s.steps_of(arm):
+                out.append((arm, first, min(first + s.alternate_every - 1, s.steps_of(arm))))
+    return out

@@ -86,6 +86,8 @@ class BenchSettings:
     eval_every: int = 0
     #: held-out evaluation temperature; 0 = greedy (the same answers every time for the same weights)
     eval_temperature: float = 0.2
+    #: run the arms alternately in blocks of this many steps (each block resumes from a checkpoint); 0: one after the other
+    alternate_every: int = 0
 
     def steps_of(self, arm: str) -> int:
         return int(self.arm_steps.get(arm, self.steps))
@@ -122,10 +124,11 @@ PRESETS: dict[str, dict] = {
         run_timeout=6 * 3600.0,
     ),
     # issue 24: what replay costs per step. GRPO with RePO's exact skipping, RePO+skip and stock GRPO in
-    # the same regime; 32 prompts (an epoch is 4 steps: replay in steps 5-24, 20 paired steps, blocks of 4)
+    # the same regime; 32 prompts (an epoch is 4 steps: replay in steps 5-24, 20 paired steps, blocks of 4),
+    # the arms alternating in blocks of 4 steps (each block resumes from the arm's checkpoint)
     "step-cost": dict(
         arms="grpo_skip,recent_k_skip,stock_grpo", model="smollm2", steps=24, train_prompts=32, train_source="arithmetic",
-        prompts_per_step=8, samples=4, response_length=64, temperature=0.7, skip_eval=True, lr=2e-6, seed=0,
+        prompts_per_step=8, samples=4, response_length=64, temperature=0.7, skip_eval=True, lr=2e-6, seed=0, alternate_every=4,
         out=str(REPO_ROOT / "benchmarks" / "results" / "step_cost"), work_dir="/tmp/bench_step_cost",
         run_timeout=6 * 3600.0,
     ),
@@ -174,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also evaluate the checkpoints of every N-th step (held-out accuracy curve); 0: the final checkpoint only",
     )
     parser.add_argument("--eval-temperature", type=float, default=0.2, help="held-out evaluation temperature; 0 = greedy")
+    parser.add_argument(
+        "--alternate-every", type=int, default=0,
+        help="run the arms alternately in blocks of N steps (each block resumes from the arm's checkpoint), so that "
+        "machine load drifts hit every arm alike; 0: one arm after the other",
+    )
     parser.add_argument("--lr", type=float, default=2e-6, help="actor learning rate (constant)")
     parser.add_argument("--seed", type=int, default=0, help="data and sampling seed, the same for every arm")
     parser.add_argument("--skip-eval", action="store_true", help="no held-out evaluation (and no checkpoint)")
@@ -222,6 +230,11 @@ def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) 
     ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.alternate_every < 0 or (args.alternate_every and args.eval_every and args.eval_every % args.alternate_every):
+        raise SystemExit(
+            f"--alternate-every={args.alternate_every} must be >= 0, and --eval-every={args.eval_every} a multiple of it "
+            "(checkpoints are saved at block ends)"
+        )
     if args.eval_every < 0 or args.eval_temperature < 0:
         raise SystemExit(
             f"--eval-every={args.eval_every} and --eval-temperature={args.eval_temperature} must be >= 0 "
@@ -239,7 +252,7 @@ def settings_from_args(args: argparse.Namespace, arms: list[str] | None = None) 
         samples=args.samples, response_length=args.response_length, eval_problems=args.eval_problems,
         eval_max_new_tokens=args.eval_max_new_tokens, lr=args.lr, seed=args.seed, temperature=args.temperature,
         arm_steps=parse_arm_steps(args.arm_steps, arms or list(ARMS)), eval_base=args.eval_base,
-        eval_every=args.eval_every, eval_temperature=args.eval_temperature,
+        eval_every=args.eval_every, eval_temperature=args.eval_temperature, alternate_every=args.alternate_every,
         micro_batch_size=args.micro_batch_size, train_source=args.train_source, threads=args.threads,
     )
 
