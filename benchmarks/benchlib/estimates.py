@@ -182,6 +182,15 @@ def estimates(results: dict, resamples: int = 10_000) -> dict:
             cmp = heldout_comparison(held[first], held[second], resamples)
             if cmp:
                 out["heldout_paired"][f"{second} - {first}"] = cmp
+    # every evaluated step both arms of a pair reached: the same problems, compared problem by problem
+    evaluated = {n: a.get("evaluations") or {} for n, a in arms.items()}
+    out["heldout_paired_by_step"] = {}
+    for i, first in enumerate(names := [n for n in arms if evaluated[n]]):
+        for second in names[i + 1:]:
+            for step in sorted(set(evaluated[first]) & set(evaluated[second]), key=int):
+                cmp = heldout_comparison(evaluated[first][step], evaluated[second][step], resamples)
+                if cmp:
+                    out["heldout_paired_by_step"].setdefault(step, {})[f"{second} - {first}"] = cmp
     for name, arm in arms.items():
         curve = accuracy_curve(arm, results.get("base_heldout"))
         if curve:

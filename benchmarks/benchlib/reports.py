@@ -84,6 +84,16 @@ def estimates_markdown(est: dict | None) -> list[str]:
                 f"| {_fmt(tok['first_mean'], '.1f')}, {_fmt(tok['second_mean'], '.1f')} "
                 f"| {_fmt(tok['first_truncated'])}, {_fmt(tok['second_truncated'])} |"
             )
+    if est.get("heldout_paired_by_step"):
+        lines += ["", "| evaluated step | paired comparison | difference [paired bootstrap 95%] | only 1st right / only 2nd right "
+                  "| McNemar exact p | mean answer tokens (1st, 2nd) |", "|---|---|---|---|---|---|"]
+        for step, pairs in est["heldout_paired_by_step"].items():
+            for pair, c in pairs.items():
+                m, tok = c["mcnemar"], c["tokens"]
+                lines.append(
+                    f"| {step} | {pair} | {_interval(c['difference'])} | {m['first_only']} / {m['second_only']} | {m['p_value']:.3f} "
+                    f"| {_fmt(tok['first_mean'], '.1f')}, {_fmt(tok['second_mean'], '.1f')} |"
+                )
     if est.get("curves"):
         lines += ["", "| held-out accuracy curve | steps | accuracy | area under the curve (mean height) |", "|---|---|---|---|"]
         for name, c in est["curves"].items():

@@ -148,9 +148,10 @@ def test_estimates_by_hand(bench):
         "recent_k_skip": {"prompt_steps": repo_ps, "load_avg_mean": 1.0,
                           "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 1, 12.0, 0), _row(3, 0.5, 0.5, 15.0, 0)],
                           "heldout": {"correct": 5, "problems": 10, "pass@1": 0.5, "per_problem": problems},
-                          "evaluations": {"2": {"pass@1": 0.3}, "3": {"pass@1": 0.5}}},
+                          "evaluations": {"2": {"pass@1": 0.3}, "3": {"pass@1": 0.5, "per_problem": problems}}},
         "grpo_skip": {"prompt_steps": base_ps, "load_avg_mean": 3.0,
-                      "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 8.0, 0), _row(3, 0, 0, 5.0, 0)]},
+                      "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 8.0, 0), _row(3, 0, 0, 5.0, 0)],
+                      "evaluations": {"3": {"pass@1": 0.2, "per_problem": [dict(p, correct=int(p["index"] < 2)) for p in problems]}}},
         "stock_grpo": {"prompt_steps": base_ps, "load_avg_mean": 2.0,
                        "steps": [_row(1, 1, 1, 10.0, 0), _row(2, 0.5, 0.5, 10.0, 0), _row(3, 0, 0, 10.0, 0)]},
     }
@@ -185,6 +186,12 @@ def test_estimates_by_hand(bench):
     assert paired["mcnemar"]["first_only"] == 5 and paired["mcnemar"]["p_value"] == pytest.approx(0.0625)
     assert paired["difference"]["estimate"] == pytest.approx(-0.5)
     assert paired["tokens"] == {"first_mean": 14.5, "second_mean": 48.0, "first_truncated": 0.0, "second_truncated": 1.0}
+    # the same problems at an evaluated step both arms reached: grpo_skip right on problems 0-1 at step 3,
+    # RePO on 0-4 -> RePO alone right on 3 problems, McNemar p = 2 / 2^3
+    by_step = est["heldout_paired_by_step"]["3"]["grpo_skip - recent_k_skip"]
+    assert (by_step["mcnemar"]["first_only"], by_step["mcnemar"]["second_only"]) == (3, 0)
+    assert by_step["mcnemar"]["p_value"] == pytest.approx(0.25) and by_step["difference"]["estimate"] == pytest.approx(-0.3)
+    assert "heldout_paired_by_step" in est and "2" not in est["heldout_paired_by_step"]  # grpo_skip has no step-2 evaluation
     # accuracy curve 0 -> 0.3 -> 0.5 at steps 0, 2, 3: (0.15 x 2 + 0.4 x 1) / 3
     assert est["curves"]["recent_k_skip"]["auc"] == pytest.approx(0.7 / 3)
     table = "\n".join(bench.estimates_markdown(est))
