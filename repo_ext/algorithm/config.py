@@ -32,6 +32,8 @@ REMOVED_SETTINGS = {
         "algorithm.repo.norm_adv_by_std override and set algorithm.norm_adv_by_std_in_grpo instead."
     ),
 }
+#: what a resume does with a checkpoint that has no replay store (``missing_store_on_resume``)
+MISSING_STORE_ON_RESUME = ("error", "empty")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class RePOConfig:
         skip_zero_advantage_rows: ``"auto"``, True or False: leave rows whose advantage is 0 on
             every token out of the actor update (``auto``: wherever the update stays exact; see
             ``repo_ext.integration.zero_adv_skip``).
+        missing_store_on_resume: ``"error"`` (refuse to resume from a checkpoint without a replay
+            store, e.g. a GRPO run's) or ``"empty"`` (resume it with an empty store: a warm start).
     """
 
     strategy: str = "recent_k"
@@ -66,6 +70,7 @@ class RePOConfig:
     off_policy_loss_coef: float = 1.0
     seed: int = 42
     skip_zero_advantage_rows: str | bool = "auto"
+    missing_store_on_resume: str = "error"
 
     @classmethod
     def from_mapping(cls, mapping: Any) -> RePOConfig:
@@ -143,6 +148,12 @@ class RePOConfig:
             skip = {"auto": "auto", "true": True, "false": False}[skip.strip().lower()]
         _check(isinstance(skip, bool) or skip == "auto", "skip_zero_advantage_rows", skip, "one of auto, true, false")
         self.skip_zero_advantage_rows = skip
+        _check(
+            self.missing_store_on_resume in MISSING_STORE_ON_RESUME,
+            "missing_store_on_resume",
+            self.missing_store_on_resume,
+            f"one of {', '.join(MISSING_STORE_ON_RESUME)}",
+        )
         return self
 
     def build_store(self) -> ReplayStore:

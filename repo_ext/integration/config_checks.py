@@ -2,16 +2,19 @@
 
 Single RePO values are validated by :class:`~repo_ext.algorithm.config.RePOConfig`; this module
 checks combinations with the rest of verl's config. Every error names the setting, its value and
-what would work. Two callers:
+what would work. :func:`validate_trainer_config` is every check that needs only the config; two
+callers run it:
 
-- :func:`repo_ext.integration.trainer.validate_trainer_config`, when the RePO trainer starts;
 - :class:`RePOLaunchCheck`, a Hydra callback in the launching process, before Ray starts. It also
   catches RePO's estimator or loss selected WITHOUT the RePO trainer: that run has no replay store,
-  so the RePO trainer cannot report it (it never runs).
+  so the RePO trainer cannot report it (it never runs);
+- the RePO trainer when it starts (for launches that bypass Hydra, e.g. a config built in Python).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -21,7 +24,17 @@ from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import BYTES_PER_TOKEN, entry_nbytes
 from repo_ext.integration.entry_points import experimental_entry_point, experimental_entry_point_error
 from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows
-from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, repo_config_from_algorithm
+from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, TRAINER_MODE, repo_config_from_algorithm
+from repo_ext.integration.replay_health import fewest_steps_to_replay
+from repo_ext.integration.store_checkpoint import (
+    STORE_ON_RESUME_SETTING,
+    has_store_state,
+    resumed_step_dir,
+    store_on_resume,
+    store_path,
+)
+
+logger = logging.getLogger(__name__)
 
 #: bytes one stored response token takes (int32 id + float32 behaviour log-prob); a response with
 #: non-loss tokens (multi-turn tool output) also stores its loss mask, 1 bit per token rounded up to
@@ -36,7 +49,7 @@ def check_repo_wiring(config: DictConfig, repo: RePOConfig) -> None:
     store (replay configured, nothing ever replayed), and when ``trainer_mode=repo_sync`` is set
     but verl's legacy trainer (``trainer.use_v1=False``), which ignores it, would run.
     """
-    repo_mode = _repo_trainer_mode()
+    repo_mode = TRAINER_MODE
     trainer_mode = str(config.trainer.v1.get("trainer_mode", "sync"))
     adv_estimator = str(config.algorithm.adv_estimator)
     loss_mode = str(config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla"))
@@ -144,7 +157,7 @@ def repo_sync_trainer_settings(config: DictConfig) -> dict[str, Any]:
     v1 = config.trainer.v1
     merged: dict[str, Any] = {}
     source: dict[str, str] = {}
-    for section in ("sync", _repo_trainer_mode()):
+    for section in ("sync", TRAINER_MODE):
         values = v1.get(section, None)
         if values is None:
             continue
@@ -190,7 +203,7 @@ def check_entry_point(config: DictConfig, repo: RePOConfig) -> None:
     selected = [
         f"{name}={value}"
         for name, value, repo_value in (
-            ("trainer.v1.trainer_mode", str(config.trainer.v1.get("trainer_mode", "sync")), _repo_trainer_mode()),
+            ("trainer.v1.trainer_mode", str(config.trainer.v1.get("trainer_mode", "sync")), TRAINER_MODE),
             ("algorithm.adv_estimator", str(config.algorithm.adv_estimator), ADV_ESTIMATOR_NAME),
             (
                 "actor_rollout_ref.actor.policy_loss.loss_mode",
@@ -202,6 +215,120 @@ def check_entry_point(config: DictConfig, repo: RePOConfig) -> None:
     ]
     if selected:
         raise experimental_entry_point_error(entry, " and ".join(selected) + f" with algorithm.repo.strategy={repo.strategy}")
+
+
+def check_repo_trainer_requirements(config: DictConfig, repo: RePOConfig) -> None:
+    """verl settings the RePO trainer cannot run with at all, each usually left over from a copied script.
+
+    Each message names the override to remove: ``algorithm=repo`` sets the estimator and the loss,
+    so another value there comes from a later override on the command line or in the script.
+    """
+    mode = f"the RePO trainer (trainer.v1.trainer_mode={TRAINER_MODE}, set by algorithm=repo)"
+    estimator = str(config.algorithm.adv_estimator)
+    if estimator != ADV_ESTIMATOR_NAME:
+        raise ValueError(
+            f"algorithm.adv_estimator={estimator}: {mode} needs algorithm.adv_estimator={ADV_ESTIMATOR_NAME} "
+            f"(replayed rows need their own advantage groups). Remove the override algorithm.adv_estimator="
+            f"{estimator} (algorithm=repo sets {ADV_ESTIMATOR_NAME}, which is plain GRPO with "
+            "algorithm.repo.strategy=none)."
+        )
+    loss_mode = str(config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla"))
+    if loss_mode != POLICY_LOSS_NAME:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: {mode} needs "
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={POLICY_LOSS_NAME} (RePO's PPO-clip loss over on-policy "
+            f"and replayed rows); RePO has no {loss_mode} variant. Remove the "
+            f"override actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode} (algorithm=repo sets "
+            f"{POLICY_LOSS_NAME})."
+        )
+    if config.critic.get("enable", False):
+        raise ValueError(
+            f"critic.enable={config.critic.enable}: RePO is a critic-free (GRPO-style) method. Remove the override "
+            "critic.enable=True (or set critic.enable=False)."
+        )
+    n = int(config.actor_rollout_ref.rollout.n)
+    if n < 2 and repo.strategy != "none":
+        raise ValueError(
+            f"actor_rollout_ref.rollout.n={n}: RePO needs at least 2 on-policy samples per prompt "
+            "(group-relative advantages); use n >= 2, or algorithm.repo.strategy=none"
+        )
+    if is_distillation_on(config):
+        raise ValueError(
+            "distillation.enabled=True: RePO does not combine with verl's distillation loss. Remove the override "
+            "distillation.enabled=True."
+        )
+    filter_groups = config.algorithm.get("filter_groups", None)
+    if filter_groups is not None and filter_groups.get("enable", False):
+        raise ValueError(
+            "algorithm.filter_groups.enable=True (DAPO dynamic sampling) is not supported by the RePO trainer: "
+            "replay is RePO's answer to all-equal groups. Remove the override algorithm.filter_groups.enable=True "
+            "(e.g. from a DAPO script)."
+        )
+
+
+def is_distillation_on(config: DictConfig) -> bool:
+    distillation = config.get("distillation", None)
+    return bool(distillation is not None and distillation.get("enabled", False))
+
+
+def check_resume_store(config: DictConfig, repo: RePOConfig, cwd: str | None = None) -> None:
+    """Refuse to resume from a checkpoint without a replay store unless an empty store was asked for.
+
+    The checkpoint is the one verl will resume from (``store_checkpoint.resumed_step_dir``, paths
+    relative to ``cwd``, default the current directory, as verl resolves them).
+    """
+    step_dir = resumed_step_dir(config.trainer, cwd or os.getcwd())
+    if step_dir is None or not os.path.isdir(step_dir):
+        return  # a fresh start, or a resume_from_path verl itself will refuse
+    decision = store_on_resume(
+        has_store=has_store_state(step_dir),
+        missing_store_on_resume=repo.missing_store_on_resume,
+        strategy=repo.strategy,
+    )
+    if decision == "refuse":
+        raise ValueError(
+            f"trainer.resume_mode={config.trainer.resume_mode} resumes from {step_dir}, which has no RePO replay "
+            f"store ({store_path(step_dir)}): a checkpoint of a run without RePO, e.g. GRPO. To warm-start RePO "
+            f"from it with an empty store, set {STORE_ON_RESUME_SETTING}=empty (replay then starts as in a fresh "
+            "run, counted from the resumed step); to start from scratch, set trainer.resume_mode=disable or "
+            "another trainer.default_local_dir."
+        )
+
+
+def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
+    """Every check of a RePO trainer launch that needs only the config (and the checkpoint folder).
+
+    Run by :class:`RePOLaunchCheck` before Ray starts, and by the RePO trainer when it starts.
+    """
+    check_repo_trainer_requirements(config, repo)
+    check_repo_wiring(config, repo)
+    check_repo_batch_settings(config, repo)
+    check_verl_features(config, repo)
+    repo_sync_trainer_settings(config)
+    check_resume_store(config, repo)
+
+
+def warn_if_run_too_short_to_replay(config: DictConfig, repo: RePOConfig) -> None:
+    """Warn at launch when ``trainer.total_training_steps`` ends the run before any prompt can be replayed.
+
+    Without the dataset only a bound is known (:func:`~repo_ext.integration.replay_health.fewest_steps_to_replay`);
+    the trainer prints the exact step once the dataset is loaded.
+    """
+    total = config.trainer.get("total_training_steps", None)
+    if repo.strategy == "none" or total is None:
+        return
+    n = int(config.actor_rollout_ref.rollout.n)
+    fewest = fewest_steps_to_replay(min_cache_to_replay=repo.min_cache_to_replay, rollout_n=n)
+    if int(total) < fewest:
+        logger.warning(
+            "RePO: trainer.total_training_steps=%s ends the run before any replay: a prompt needs %d earlier visits "
+            "(at most one per step) to hold algorithm.repo.min_cache_to_replay=%d responses at "
+            "actor_rollout_ref.rollout.n=%d, so replay can start at step %d at the earliest (one visit per epoch: "
+            "later). No row would be replayed and this run is plain GRPO at RePO's cost. Raise "
+            "trainer.total_training_steps, lower algorithm.repo.min_cache_to_replay or raise "
+            "actor_rollout_ref.rollout.n; or set algorithm.repo.strategy=none.",
+            total, fewest - 1, repo.min_cache_to_replay, n, fewest,
+        )
 
 
 class RePOLaunchCheck(Callback):
@@ -222,16 +349,8 @@ class RePOLaunchCheck(Callback):
         repo = repo_config_from_algorithm(config.algorithm)
         check_entry_point(config, repo)
         check_repo_wiring(config, repo)
-        if str(config.trainer.v1.get("trainer_mode", "sync")) == _repo_trainer_mode():
-            check_repo_batch_settings(config, repo)
-            check_verl_features(config, repo)
-            repo_sync_trainer_settings(config)
+        if str(config.trainer.v1.get("trainer_mode", "sync")) == TRAINER_MODE:
+            validate_trainer_config(config, repo)
             # algorithm.repo.skip_zero_advantage_rows=true where skipping would change the update (issue #14)
             resolve_skip_zero_advantage_rows(config, repo.skip_zero_advantage_rows)
-
-
-def _repo_trainer_mode() -> str:
-    # the trainer module imports this one; registration imports the trainer in every verl process
-    from repo_ext.integration.trainer import TRAINER_MODE
-
-    return TRAINER_MODE
+            warn_if_run_too_short_to_replay(config, repo)

@@ -37,6 +37,8 @@ from repo_ext.integration.zero_adv_skip import apply_carried_normalisers, report
 
 ADV_ESTIMATOR_NAME = "repo_split"
 POLICY_LOSS_NAME = "repo"
+#: the RePO trainer's name in verl's trainer registry (``trainer.v1.trainer_mode``; registered in ``trainer``)
+TRAINER_MODE = "repo_sync"
 
 logger = logging.getLogger(__name__)
 # Set by the RePO trainer in its own process, the one that computes advantages (verl calls the

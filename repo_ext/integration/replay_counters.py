@@ -5,6 +5,8 @@
   would warn "replay stalled" although replay has been working for the whole run.
 - ``bad_rows``: on-policy rows not stored, by reason (``insert_on_policy_rows``), logged as
   ``repo/bad_rows_<reason>``; cumulative over the run, not over one process.
+- ``store_start_step``: the step after which the store started empty (0; the resumed step after a
+  warm start from a checkpoint without a store). The gate, and so the stall diagnosis, counts from it.
 
 They travel in the ``extra`` dict of ``store_checkpoint.save_store_state`` (JSON), under
 :data:`EXTRA_KEY`.
@@ -19,9 +21,15 @@ from typing import Any
 EXTRA_KEY = "repo_trainer_counters"
 
 
-def counters_extra(total_injected: int, bad_rows: Mapping[str, int]) -> dict[str, Any]:
+def counters_extra(total_injected: int, bad_rows: Mapping[str, int], store_start_step: int = 0) -> dict[str, Any]:
     """The ``extra`` dict for ``save_store_state``."""
-    return {EXTRA_KEY: {"total_injected": int(total_injected), "bad_rows": {str(k): int(v) for k, v in bad_rows.items()}}}
+    return {
+        EXTRA_KEY: {
+            "total_injected": int(total_injected),
+            "bad_rows": {str(k): int(v) for k, v in bad_rows.items()},
+            "store_start_step": int(store_start_step),
+        }
+    }
 
 
 def restore_counters(extra: Mapping[str, Any]) -> tuple[int, defaultdict[str, int]]:
@@ -34,3 +42,8 @@ def restore_counters(extra: Mapping[str, Any]) -> tuple[int, defaultdict[str, in
     bad_rows: defaultdict[str, int] = defaultdict(int)
     bad_rows.update({str(k): int(v) for k, v in (counters.get("bad_rows") or {}).items()})
     return int(counters.get("total_injected", 0)), bad_rows
+
+
+def restore_store_start_step(extra: Mapping[str, Any]) -> int:
+    """``store_start_step`` from the ``extra`` dict ``load_store_state`` returned (0 when not saved)."""
+    return int((extra.get(EXTRA_KEY) or {}).get("store_start_step", 0))

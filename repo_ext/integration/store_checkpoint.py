@@ -81,6 +81,56 @@ def store_path(step_dir: str | os.PathLike) -> Path:
     return Path(step_dir) / STORE_SUBDIR / STORE_FILENAME
 
 
+#: the setting that says what a resume does with a checkpoint that has no store (RePOConfig)
+STORE_ON_RESUME_SETTING = "algorithm.repo.missing_store_on_resume"
+
+
+def has_store_state(step_dir: str | os.PathLike) -> bool:
+    """Whether the checkpoint ``step_dir`` holds a replay store (this format, or version 1's path)."""
+    return store_path(step_dir).exists() or (Path(step_dir) / STORE_FILENAME).exists()
+
+
+def store_on_resume(*, has_store: bool, missing_store_on_resume: str, strategy: str) -> str:
+    """What a resume does with the replay store: ``"load"``, ``"empty"`` or ``"refuse"``.
+
+    A checkpoint without a store (e.g. of a GRPO run) is refused unless the user asked for a warm
+    start with an empty store (``missing_store_on_resume=empty``), or replay is off
+    (``strategy=none``: the store is never read, so there is nothing to lose).
+    """
+    if has_store:
+        return "load"
+    if missing_store_on_resume == "empty" or strategy == "none":
+        return "empty"
+    return "refuse"
+
+
+def resumed_step_dir(trainer_config: Any, cwd: str | os.PathLike) -> str | None:
+    """The ``global_step_<N>`` folder verl will resume from, or None when it starts from scratch.
+
+    Follows verl 0.9.1's ``PPOTrainer._load_checkpoint`` (trainer/ppo/v1/trainer_base.py):
+    ``resume_mode=disable`` never resumes; ``auto`` resumes from the step named by the tracker file
+    in ``trainer.default_local_dir`` if that folder exists; ``resume_path`` from
+    ``trainer.resume_from_path``. Relative paths are relative to ``cwd``.
+    """
+    # verl's own tracker rules; imported here because they pull in torch and transformers, which
+    # the store's users (e.g. the memory benchmark) do not need
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
+
+    mode = str(trainer_config.get("resume_mode", "auto"))
+    if mode == "resume_path":
+        path = trainer_config.get("resume_from_path", None)
+        return None if path is None else os.path.join(cwd, str(path))  # join keeps an absolute path
+    if mode != "auto":
+        return None
+    root = trainer_config.get("default_local_dir", None)
+    if root is None:
+        return None
+    root = os.path.join(cwd, str(root))
+    if not os.path.exists(get_checkpoint_tracker_filename(root)):  # verl would print a note: a fresh start
+        return None
+    return find_latest_ckpt_path(root)
+
+
 def save_store_state(
     store: ReplayStore,
     step_dir: str | os.PathLike,
@@ -166,7 +216,8 @@ def load_store_state(
     if not path.exists():
         raise FileNotFoundError(
             f"RePO replay store not found at {path}: this checkpoint was not written by the RePO trainer. "
-            "Resume from a RePO checkpoint, or start fresh with trainer.resume_mode=disable."
+            f"Resume from a RePO checkpoint, set {STORE_ON_RESUME_SETTING}=empty to warm-start RePO from it "
+            "with an empty store, or start fresh with trainer.resume_mode=disable."
         )
     _require_little_endian()
     size = path.stat().st_size

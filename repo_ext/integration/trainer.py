@@ -39,14 +39,18 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from repo_ext.algorithm.advantages import nonzero_advantage_group_fraction
-from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.loss import mean_metrics_from_sums
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration import estimators
 from repo_ext.integration.batch_layout import replay_batch_layout
-from repo_ext.integration.config_checks import check_repo_batch_settings, check_repo_wiring
+from repo_ext.integration.config_checks import (  # validate_trainer_config: also the launch check's
+    STORE_BYTES_PER_TOKEN,
+    check_text_only_model,
+    repo_sync_trainer_settings,
+    validate_trainer_config,
+)
 from repo_ext.integration.mini_batch_counts import write_mini_batch_counts
-from repo_ext.integration.estimators import ADV_ESTIMATOR_NAME, POLICY_LOSS_NAME, RePOLossFunction, repo_config_from_algorithm
+from repo_ext.integration.estimators import TRAINER_MODE, RePOLossFunction, repo_config_from_algorithm
 from repo_ext.integration.replay_rows import (
     NORM_OFF_FIELD,
     NORM_ON_FIELD,
@@ -56,20 +60,25 @@ from repo_ext.integration.replay_rows import (
     prompt_key,
     split_uid,
 )
-from repo_ext.integration.replay_health import replay_stall_reason
-from repo_ext.integration.config_checks import check_text_only_model, check_verl_features, repo_sync_trainer_settings
+from repo_ext.integration.replay_health import replay_outlook, replay_stall_reason
 from repo_ext.integration.old_log_prob_metrics import old_log_prob_metrics
 from repo_ext.integration.pass_layouts import pass_layouts, rows_multiple, worker_group_dp_size
-from repo_ext.integration.replay_counters import counters_extra, restore_counters
+from repo_ext.integration.replay_counters import counters_extra, restore_counters, restore_store_start_step
 from repo_ext.integration.replay_rows import REPLAY_SESSION_BASE, replay_row_key
 from repo_ext.integration.rollout_correction import rollout_correction_on_policy_rows
 from repo_ext.integration.rollout_dump import mark_replayed_rows
 from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows, update_actor_skipping
-from repo_ext.integration.store_checkpoint import load_store_state, save_store_state
+from repo_ext.integration.store_checkpoint import (
+    STORE_ON_RESUME_SETTING,
+    has_store_state,
+    load_store_state,
+    save_store_state,
+    store_on_resume,
+    store_path,
+)
 
 logger = logging.getLogger(__name__)
 
-TRAINER_MODE = "repo_sync"
 #: when set, every step's rows (ids, old log-probs, advantages, rewards, flags) are saved there
 DUMP_DIR_ENV = "REPO_EXT_DUMP_DIR"
 
@@ -92,46 +101,6 @@ def _strings(values: Any) -> list[str]:
     """A TQ non-tensor column (NonTensorStack, or tensordict's LinkedList when read back) as strings."""
     values = values.tolist() if hasattr(values, "tolist") else list(values)
     return [str(v) for v in values]
-
-
-def validate_trainer_config(config: DictConfig, repo: RePOConfig) -> None:
-    """Combinations of verl settings that RePO cannot run with, as clear errors at start-up."""
-    algo = config.algorithm
-    if algo.adv_estimator != ADV_ESTIMATOR_NAME:
-        raise ValueError(
-            f"trainer.v1.trainer_mode={TRAINER_MODE} needs algorithm.adv_estimator={ADV_ESTIMATOR_NAME}, "
-            f"got {algo.adv_estimator!r} (replayed rows need their own advantage groups)"
-        )
-    loss_mode = config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")
-    if loss_mode != POLICY_LOSS_NAME:
-        raise ValueError(
-            f"trainer.v1.trainer_mode={TRAINER_MODE} needs actor_rollout_ref.actor.policy_loss.loss_mode="
-            f"{POLICY_LOSS_NAME}, got {loss_mode!r}"
-        )
-    if config.critic.get("enable", False):
-        raise ValueError("RePO is a critic-free (GRPO-style) method: set critic.enable=False")
-    n = int(config.actor_rollout_ref.rollout.n)
-    if n < 2 and repo.strategy != "none":
-        raise ValueError(
-            f"actor_rollout_ref.rollout.n={n}: RePO needs at least 2 on-policy samples per prompt "
-            "(group-relative advantages); use n >= 2"
-        )
-    if is_distillation_on(config):
-        raise ValueError("RePO does not combine with verl's distillation loss; disable distillation")
-    if config.algorithm.get("filter_groups", None) and config.algorithm.filter_groups.get("enable", False):
-        raise ValueError(
-            "RePO with algorithm.filter_groups (DAPO dynamic sampling) is not supported: replay is "
-            "RePO's answer to all-equal groups; disable filter_groups"
-        )
-    check_repo_wiring(config, repo)
-    check_repo_batch_settings(config, repo)
-    check_verl_features(config, repo)
-    repo_sync_trainer_settings(config)
-
-
-def is_distillation_on(config: DictConfig) -> bool:
-    distillation = config.get("distillation", None)
-    return bool(distillation is not None and distillation.get("enabled", False))
 
 
 def is_bypass_mode(config: DictConfig) -> bool:
@@ -207,6 +176,10 @@ def insert_on_policy_rows(
 class RePOTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` plus a replay store. See the module docstring."""
 
+    #: the step after which the store started empty: 0, or the resumed step of a warm start from a
+    #: checkpoint without a store (algorithm.repo.missing_store_on_resume=empty); the gate counts from it
+    _store_start_step: int = 0
+
     def __init__(self, config: DictConfig):
         repo = repo_config_from_algorithm(config.algorithm)
         validate_trainer_config(config, repo)
@@ -240,6 +213,34 @@ class RePOTrainer(PPOTrainerSync):
 
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         self.actor_rollout_wg.set_loss_fn(RePOLossFunction(actor_config, self.repo_config))
+
+    def _init_dataloader(self):
+        super()._init_dataloader()  # verl's: train_dataset, steps_per_epoch, total_training_steps
+        self._report_replay_outlook()
+
+    def _report_replay_outlook(self) -> None:
+        """Print the step at which replay can first happen; warn when the run ends before it, or the
+        byte cap may evict entries before they reach the gate (``replay_health.replay_outlook``)."""
+        cfg, repo = self.config, self.repo_config
+        outlook = replay_outlook(
+            strategy=repo.strategy,
+            dataset_prompts=len(self.train_dataset),
+            train_batch_size=int(cfg.data.train_batch_size),
+            drop_last=bool(getattr(self.train_dataloader, "drop_last", True)),
+            total_epochs=int(cfg.trainer.total_epochs),
+            total_training_steps=cfg.trainer.get("total_training_steps", None),
+            rollout_n=int(cfg.actor_rollout_ref.rollout.n),
+            min_cache_to_replay=repo.min_cache_to_replay,
+            max_cache_size=repo.max_cache_size,
+            max_store_bytes=repo.max_store_bytes,
+            max_response_length=int(cfg.data.max_response_length),
+            bytes_per_token=STORE_BYTES_PER_TOKEN,
+            store_start_step=self._store_start_step,
+        )
+        print(outlook.summary(), flush=True)  # shown whatever the log level, as verl prints its own set-up
+        warning = outlook.warning()
+        if warning is not None:
+            logger.warning("RePO: %s", warning)
 
     def _init_tokenizer(self):
         super()._init_tokenizer()  # the first thing verl's init() does: refuse a VLM before any worker starts
@@ -411,8 +412,10 @@ class RePOTrainer(PPOTrainerSync):
             store_stats=self.replay_store.stats(),
             bad_rows=self._bad_rows,
             dataset_prompts=None if train_dataset is None else len(train_dataset),
+            store_start_step=self._store_start_step,
         )
         self._step_state.metrics["repo/replay_stalled"] = float(reason is not None)
+        self._step_state.metrics["repo/store_start_step"] = float(self._store_start_step)
         if reason is not None and not self._gate_warning_done:
             self._gate_warning_done = True
             logger.warning("RePO: %s", reason)
@@ -696,7 +699,8 @@ class RePOTrainer(PPOTrainerSync):
         # actor) and before verl writes its tracker file last (see store_checkpoint)
         step_dir = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         save_store_state(
-            self.replay_store, step_dir, self.global_steps, extra=counters_extra(self._total_injected, self._bad_rows)
+            self.replay_store, step_dir, self.global_steps,
+            extra=counters_extra(self._total_injected, self._bad_rows, store_start_step=self._store_start_step),
         )
         return super()._save_checkpoint()
 
@@ -705,8 +709,20 @@ class RePOTrainer(PPOTrainerSync):
         if self.global_steps <= 0:
             return
         step_dir = self._resumed_step_dir()
+        decision = store_on_resume(
+            has_store=has_store_state(step_dir),
+            missing_store_on_resume=self.repo_config.missing_store_on_resume,
+            strategy=self.repo_config.strategy,
+        )
+        if decision == "empty":
+            self._start_with_empty_store(step_dir)
+            return
+        # "refuse" too: load_store_state raises FileNotFoundError naming the setting
         extra = load_store_state(self.replay_store, step_dir, expected_step=self.global_steps)
         self._total_injected, self._bad_rows = restore_counters(extra)  # run-long, not per process
+        self._store_start_step = restore_store_start_step(extra)
+        if self._store_start_step:  # a warm-started run resumed again: its gate still counts from there
+            self._report_replay_outlook()
         dump_dir = os.environ.get(DUMP_DIR_ENV)
         if dump_dir:
             os.makedirs(dump_dir, exist_ok=True)
@@ -718,6 +734,19 @@ class RePOTrainer(PPOTrainerSync):
             self.replay_store.num_entries,
             self.replay_store.nbytes,
         )
+
+    def _start_with_empty_store(self, step_dir: str) -> None:
+        """A resume from a checkpoint without a store (missing_store_on_resume=empty, or no replay):
+        the actor, optimizer and data loader continue from it; the store starts empty now."""
+        self._store_start_step = self.global_steps
+        if self.repo_config.strategy != "none":
+            logger.warning(
+                "RePO: resumed from %s, which has no replay store (%s): a warm start with an EMPTY store, as "
+                "%s=empty asks. Replay starts as in a fresh run, counted from step %d; repo/store_start_step "
+                "logs %d.",
+                step_dir, store_path(step_dir), STORE_ON_RESUME_SETTING, self.global_steps, self.global_steps,
+            )
+            self._report_replay_outlook()
 
     def _resumed_step_dir(self) -> str:
         trainer_cfg = self.config.trainer

@@ -70,7 +70,7 @@ def test_a_checkpoint_without_counters_restarts_them():
 
 def test_counters_extra_is_plain_json():
     extra = counters_extra(np.int64(4), defaultdict(int, {"empty_response": np.int64(1)}))
-    assert extra == {"repo_trainer_counters": {"total_injected": 4, "bad_rows": {"empty_response": 1}}}
+    assert extra == {"repo_trainer_counters": {"total_injected": 4, "bad_rows": {"empty_response": 1}, "store_start_step": 0}}
     assert type(extra["repo_trainer_counters"]["total_injected"]) is int
     with pytest.raises(ValueError):
         counters_extra("x", {})

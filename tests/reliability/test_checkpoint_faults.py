@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.store_checkpoint import STORE_FILENAME, save_store_state, store_path
 from repo_ext.integration.trainer import RePOTrainer
@@ -66,6 +67,7 @@ def _resume(root: Path) -> RePOTrainer:
     trainer.use_critic = False
     trainer.trainer_mode = "sync"
     trainer.replay_store = ReplayStore(max_cache_size=4, min_cache_to_replay=2, max_store_bytes=10_000, seed=3)
+    trainer.repo_config = RePOConfig(min_cache_to_replay=2, max_cache_size=4, num_replays=2)
     trainer._load_checkpoint()
     return trainer
 

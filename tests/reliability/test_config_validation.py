@@ -59,12 +59,12 @@ def test_valid_launches_pass():
             # 1024 x 8 bytes + a 1024-bit loss mask (a response with tool tokens): 8192 + 128
             ["algorithm.repo.max_store_bytes=100", "data.max_response_length=1024", ">= 8320"],
         ),
-        ({"algorithm__adv_estimator": "grpo"}, ["algorithm.adv_estimator=repo_split", "'grpo'"]),
+        ({"algorithm__adv_estimator": "grpo"}, ["algorithm.adv_estimator=repo_split", "Remove the override algorithm.adv_estimator=grpo"]),
         (
             {"actor_rollout_ref__actor__policy_loss__loss_mode": "vanilla"},
-            ["actor_rollout_ref.actor.policy_loss.loss_mode=repo", "'vanilla'"],
+            ["actor_rollout_ref.actor.policy_loss.loss_mode=repo", "Remove the override actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"],
         ),
-        ({"critic__enable": True}, ["critic.enable=False"]),
+        ({"critic__enable": True}, ["Remove the override critic.enable=True", "critic.enable=False"]),
         ({"trainer__use_v1": False}, ["trainer.use_v1=False", "trainer.use_v1=True"]),
     ],
 )

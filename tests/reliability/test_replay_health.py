@@ -99,6 +99,7 @@ def _fake_trainer(store, step, total_injected=0):
         _bad_rows=defaultdict(int, {"nonfinite_reward": 8}),
         _step_state=_StepState(),
         _gate_warning_done=False,
+        _store_start_step=0,
     )
 
 
