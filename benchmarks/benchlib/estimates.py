@@ -95,9 +95,13 @@ def cross_run_ratio(name: str, records: list[dict], base: str, base_records: lis
             "ratio": {"estimate": estimate, "low": low, "high": high}}
 
 
-def step_time_ratio(name: str, arm: dict, base: str, base_arm: dict, steps: set[int], block: int, resamples: int) -> dict | None:
+def step_time_ratio(
+    name: str, arm: dict, base: str, base_arm: dict, steps: set[int], block: int, resamples: int, alternate_every: int = 0
+) -> dict | None:
     """Mean step time of ``name`` / of ``base`` over the paired steps in ``steps``, with a moving-block
-    bootstrap (blocks of ``block`` steps) and, for reference, the ordinary paired bootstrap."""
+    bootstrap (blocks of ``block`` steps) and, for reference, the ordinary paired bootstrap. With
+    ``alternate_every`` K (arms run in resumed blocks of K steps) also the ratio without each block's
+    first step, which carries the restarted process's warm-up in every arm."""
     base_rows = {r["step"]: r for r in base_arm["steps"]}
     pairs = [(base_rows[r["step"]], r) for r in arm["steps"] if r["step"] in steps and r["step"] in base_rows]
     if len(pairs) < 2:
@@ -114,9 +118,16 @@ def step_time_ratio(name: str, arm: dict, base: str, base_arm: dict, steps: set[
         "ratio_of_means_iid_steps": ci.block_bootstrap_ratio(b, a, 1, resamples=resamples),
         "whole_update_skipped": skipped,
         "ratio_without_skipped_steps": (float(np.mean([a[i] for i in others]) / np.mean([b[i] for i in others])) if others else None),
+        **({"ratio_without_block_first_steps": _ratio_where(pairs, a, b, lambda t: (t - 1) % alternate_every != 0)}
+           if alternate_every else {}),
         "load_avg_per_step": {name: [p[1].get("load_avg") for p in pairs], base: [p[0].get("load_avg") for p in pairs]},
         "load_avg": {name: arm.get("load_avg_mean"), base: base_arm.get("load_avg_mean")},
     }
+
+
+def _ratio_where(pairs, a, b, keep) -> float | None:
+    idx = [i for i, p in enumerate(pairs) if keep(p[1]["step"])]
+    return float(np.mean([a[i] for i in idx]) / np.mean([b[i] for i in idx])) if idx else None
 
 
 def heldout_comparison(first: dict, second: dict, resamples: int) -> dict | None:
@@ -169,7 +180,8 @@ def estimates(results: dict, resamples: int = 10_000) -> dict:
     pairs = [(n, b) for n in arms if n not in GRPO_ARMS for b in no_replay]
     pairs += [(n, STOCK_GRPO) for n in no_replay if n != STOCK_GRPO and STOCK_GRPO in arms]
     for name, base in pairs:
-        t = step_time_ratio(name, arms[name], base, arms[base], replay, steps_per_epoch, resamples)
+        t = step_time_ratio(name, arms[name], base, arms[base], replay, steps_per_epoch, resamples,
+                            int((results.get("settings") or {}).get("alternate_every") or 0))
         if t:
             out["step_time"][f"{name} / {base}"] = t
     held = {name: arm["heldout"] for name, arm in arms.items() if arm.get("heldout")}

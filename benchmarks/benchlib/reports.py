@@ -67,7 +67,10 @@ def estimates_markdown(est: dict | None) -> list[str]:
             skipped = "; ".join(f"{n}: {v if v else 'none'}" for n, v in t["whole_update_skipped"].items())
             lines.append(
                 f"| {pair} | {t['steps']} | {_interval(t['ratio_of_means'], '.2f')} | {_interval(t['ratio_of_means_iid_steps'], '.2f')} "
-                f"| {_fmt(t['ratio_without_skipped_steps'])} | {skipped} "
+                f"| {_fmt(t['ratio_without_skipped_steps'])}"
+                + (f" (without each block's first step: {_fmt(t['ratio_without_block_first_steps'])})"
+                   if "ratio_without_block_first_steps" in t else "")
+                + f" | {skipped} "
                 f"| {_fmt(t['load_avg'].get(name), '.1f')}, {_fmt(t['load_avg'].get(base_name), '.1f')} |"
             )
     if est.get("heldout"):

@@ -179,6 +179,11 @@ def test_estimates_by_hand(bench):
     assert m["whole_update_skipped"] == {"recent_k_skip": [], "grpo_skip": [3]}
     assert m["ratio_without_skipped_steps"] == pytest.approx(12.0 / 8.0)
     assert est["step_time"]["grpo_skip / stock_grpo"]["ratio_of_means"]["estimate"] == pytest.approx(6.5 / 10)
+    assert "ratio_without_block_first_steps" not in t  # the arms ran one after the other
+    # run alternately in blocks of 2 steps (1-2, 3-4, ...): step 3 starts a block, so only step 2 is
+    # kept: 12 / 10
+    alt = bench.estimates({"arms": arms, "replay_steps": [2, 3, 5], "settings": {"alternate_every": 2}}, resamples=50)
+    assert alt["step_time"]["recent_k_skip / stock_grpo"]["ratio_without_block_first_steps"] == pytest.approx(1.2)
     assert est["heldout"]["recent_k_skip"]["low"] == pytest.approx(0.23660, abs=1e-5)
     assert est["heldout"]["base model"]["high"] == pytest.approx(0.27753, abs=1e-5)
     # paired on the same 10 problems: the base model right on none, RePO on 5: McNemar p = 2 / 2^5
