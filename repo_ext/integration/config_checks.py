@@ -343,9 +343,24 @@ class RePOLaunchCheck(Callback):
 
     Then every launch that selects RePO is checked in seconds instead of after the Ray cluster and
     workers are up, including launches that swap RePO's trainer for another one.
+
+    Hydra 1.3 runs callbacks inside ``except Exception`` and turns what they raise into a
+    ``UserWarning``, then runs the job anyway (``hydra/_internal/callbacks.py``,
+    ``Callbacks._notify``). So under Hydra (which passes ``task_function``) a refusal leaves as
+    ``SystemExit``, which is not an ``Exception``: the process prints the message and exits with
+    status 1. Called directly (tests, a program composing the config itself), the ValueError is raised.
     """
 
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+    def on_job_start(self, config: Any, *, task_function: Any = None, **kwargs: Any) -> None:
+        try:
+            self.check(config)
+        except ValueError as exc:
+            if task_function is None:
+                raise
+            raise SystemExit(f"RePO launch check: {exc}") from exc
+
+    def check(self, config: Any) -> None:
+        """Every check of the launch; raises ValueError naming the setting, its value and what would work."""
         repo = repo_config_from_algorithm(config.algorithm)
         check_entry_point(config, repo)
         check_repo_wiring(config, repo)

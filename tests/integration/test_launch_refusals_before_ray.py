@@ -40,6 +40,20 @@ def test_the_launch_check_and_the_trainer_refuse_the_same(override, message):
         assert message in str(info.value), (message, str(info.value))
 
 
+def test_a_refusal_stops_hydra_which_swallows_callback_exceptions():
+    """Hydra 1.3 turns an Exception raised by a callback into a warning and runs the job anyway
+    (hydra/_internal/callbacks.py); the launch check therefore leaves Hydra as SystemExit."""
+    from hydra._internal.callbacks import Callbacks
+
+    cfg = compose_verl(list(SMALL_REPO_LAUNCH) + ["algorithm.adv_estimator=grpo"], hydra=True)
+    assert "repo_launch_check" in cfg.hydra.callbacks  # registered by algorithm/repo.yaml
+    with pytest.raises(SystemExit) as info:
+        Callbacks(cfg).on_job_start(config=cfg, task_function=lambda job: None)
+    assert "Remove the override algorithm.adv_estimator=grpo" in str(info.value.code)
+    valid = compose_verl(list(SMALL_REPO_LAUNCH), hydra=True)
+    Callbacks(valid).on_job_start(config=valid, task_function=lambda job: None)  # a valid launch goes on
+
+
 def _launch(tmp_path, overrides):
     from repo_ext.cpu.tiny_run import run_main_ppo
 
