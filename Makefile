@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_repo_vs_grpo.py $(BENCH_ARGS)
 
 eval: $(STAMP)
-	$(PY) -m repo_ext.evaluate $(EVAL_ARGS)
+	$(PY) -m repo_ext.evaluation $(EVAL_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,7 @@ Both paths get the same prompts (the demo's held-out chain sums, chat template a
 decoding (the evaluation's: temperature 0.2, top_p 0.95, top_k 50), the same number of new
 tokens, the same torch threads and one model in this process:
 
-- eval:    ``repo_ext.evaluation.generation.HFGenerator.generate`` (what ``repo_ext.evaluate`` runs),
+- eval:    ``repo_ext.evaluation.generation.HFGenerator.generate`` (what ``repo_ext.evaluation`` runs),
            weights loaded as ``--eval-dtype`` resolves on this device (``auto``: float32 on CPU);
 - rollout: ``repo_ext.cpu.hf_generation.HFBatchGenerator.generate`` (what verl's ``hf_cpu``
            rollout server runs, with per-token log-probs), float32 as ``+preset=cpu`` sets it.
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from repo_ext.cpu.hf_generation import GenerationRequest, HFBatchGenerator
     from repo_ext.cpu.hf_generation import SamplingSettings as RolloutSampling
-    from repo_ext.evaluate import encode_prompts
+    from repo_ext.evaluation.cli import encode_prompts
     from repo_ext.evaluation.benchmarks import load_benchmark
     from repo_ext.evaluation.generation import HFGenerator, SamplingSettings, resolve_dtype
 

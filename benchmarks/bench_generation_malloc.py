@@ -41,7 +41,7 @@ torch.set_num_threads(args["threads"])
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from repo_ext.assets.smollm2 import build_smollm2
 from repo_ext.cpu.hf_generation import GenerationRequest, HFBatchGenerator, SamplingSettings
-from repo_ext.evaluate import encode_prompts
+from repo_ext.evaluation.cli import encode_prompts
 from repo_ext.evaluation.benchmarks import load_benchmark
 path = build_smollm2()
 tokenizer = AutoTokenizer.from_pretrained(path)

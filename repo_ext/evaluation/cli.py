@@ -1,4 +1,4 @@
-"""Score a model on math benchmarks: ``python -m repo_ext.evaluate --model PATH ...``.
+"""Score a model on math benchmarks: ``python -m repo_ext.evaluation --model PATH ...``.
 
 ``PATH`` is a Hugging Face folder or a verl checkpoint (its root, a ``global_step_<N>`` folder or
 the ``actor/`` folder; FSDP shards are merged with verl's model merger, see
@@ -14,14 +14,14 @@ run that is stopped keeps what it finished).
 Examples::
 
     # CPU, a quick look: 32 problems each (docs/evaluation.md has the measured numbers)
-    python -m repo_ext.evaluate --model ~/.cache/repo_ext/SmolLM2-135M-Instruct \\
+    python -m repo_ext.evaluation --model ~/.cache/repo_ext/SmolLM2-135M-Instruct \\
         --benchmarks math500,gsm8k_test,arithmetic_test --limit 32 --max-new-tokens 256 \\
         --threads 1 --out before.json
 
     # GPUs, the paper's protocol (n=32 for AIME/AMC, files you have)
-    python -m repo_ext.evaluate --model checkpoints/repo/qwen2.5-math-1.5b-repo-recent_k \\
+    python -m repo_ext.evaluation --model checkpoints/repo/qwen2.5-math-1.5b-repo-recent_k \\
         --backend vllm --prompt-style raw --benchmarks math500,gsm8k_test,minerva
-    python -m repo_ext.evaluate --model ... --backend vllm --prompt-style raw --n 32 \\
+    python -m repo_ext.evaluation --model ... --backend vllm --prompt-style raw --n 32 \\
         --benchmarks none --benchmark-file aime24=aime24.jsonl --benchmark-file amc23=amc23.jsonl
 """
 
@@ -51,7 +51,7 @@ __all__ = ["build_parser", "main", "run_evaluation", "score_completions", "forma
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m repo_ext.evaluate",
+        prog="python -m repo_ext.evaluation",
         description="Evaluate a model (HF folder or verl checkpoint) on math benchmarks with math-verify.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
