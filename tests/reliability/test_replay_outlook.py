@@ -150,3 +150,22 @@ def test_the_trainer_reports_it_when_verl_has_loaded_the_data(monkeypatch, capsy
     with caplog.at_level(logging.WARNING, logger="repo_ext.integration.trainer"):
         trainer._init_dataloader()
     assert "step 41 of 50" in capsys.readouterr().out and not caplog.records
+
+
+def test_the_launch_check_warns_when_total_training_steps_is_below_any_data_size(caplog):
+    """Before the dataset is loaded only the bound ceil(min/n) + 1 is known: 16 at n=5 needs 5 steps."""
+    from launch_config import compose_verl
+
+    from repo_ext.integration.config_checks import RePOLaunchCheck
+
+    launch = ["algorithm=repo", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+              "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.n=5"]
+    with caplog.at_level(logging.WARNING, logger="repo_ext.integration.config_checks"):
+        RePOLaunchCheck().on_job_start(config=compose_verl(launch + ["trainer.total_training_steps=4"]))
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "trainer.total_training_steps=4 ends the run before any replay" in message and "at step 5" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="repo_ext.integration.config_checks"):
+        RePOLaunchCheck().on_job_start(config=compose_verl(launch + ["trainer.total_training_steps=5"]))
+    assert not caplog.records
