@@ -277,7 +277,15 @@ def check_resume_store(config: DictConfig, repo: RePOConfig, cwd: str | None = N
     The checkpoint is the one verl will resume from (``store_checkpoint.resumed_step_dir``, paths
     relative to ``cwd``, default the current directory, as verl resolves them).
     """
-    step_dir = resumed_step_dir(config.trainer, cwd or os.getcwd())
+    try:
+        step_dir = resumed_step_dir(config.trainer, cwd or os.getcwd())
+    except ValueError as exc:  # verl reads the tracker with int(): empty after a kill while it was written
+        raise ValueError(
+            f"trainer.resume_mode={config.trainer.resume_mode}: verl's checkpoint tracker "
+            f"latest_checkpointed_iteration.txt in trainer.default_local_dir={config.trainer.default_local_dir} is not "
+            f"a step number ({exc}). Write the last complete step into it (the highest global_step_N with a "
+            "data.pt), or set trainer.resume_mode=disable."
+        ) from exc
     if step_dir is None or not os.path.isdir(step_dir):
         return  # a fresh start, or a resume_from_path verl itself will refuse
     decision = store_on_resume(

@@ -90,6 +90,15 @@ def test_launch_refuses_a_checkpoint_without_a_store(tmp_path):
         assert fragment in message, (fragment, message)
 
 
+def test_launch_names_an_unreadable_tracker(tmp_path):
+    _grpo_checkpoint(tmp_path, 3)
+    (tmp_path / TRACKER).write_text("")  # verl truncates, then writes: a kill in between leaves it empty
+    with pytest.raises(ValueError) as info:
+        RePOLaunchCheck().on_job_start(config=_launch(tmp_path))
+    for fragment in ("latest_checkpointed_iteration.txt", "is not a step number", "trainer.resume_mode=disable"):
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
 def test_launch_accepts_the_warm_start_a_repo_checkpoint_or_no_resume(tmp_path):
     folder = _grpo_checkpoint(tmp_path, 3)
     RePOLaunchCheck().on_job_start(config=_launch(tmp_path, f"{SETTING}=empty"))
