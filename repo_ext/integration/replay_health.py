@@ -10,6 +10,9 @@ duplicates in the data) one visit per epoch, so it holds ``min_cache_to_replay``
 ``ceil(min_cache_to_replay / n)`` visits and is replayed at its next visit, in the epoch after:
 the first step of that epoch is ``ceil(min_cache_to_replay / n) * steps_per_epoch + 1``. One more
 step of grace covers the batches of that epoch whose prompts were dropped by ``drop_last`` earlier.
+
+Before the run, :func:`replay_outlook` gives the same step from the dataset size and the run's
+length, so that a run too short to ever replay is announced at start-up instead of after it.
 """
 
 from __future__ import annotations
