@@ -264,6 +264,18 @@ def check_repo_trainer_requirements(config: DictConfig, repo: RePOConfig) -> Non
             "replay is RePO's answer to all-equal groups. Remove the override algorithm.filter_groups.enable=True "
             "(e.g. from a DAPO script)."
         )
+    correction = config.algorithm.get("rollout_correction", None)
+    loss_type = None if correction is None else correction.get("loss_type", "ppo_clip")
+    if correction is not None and correction.get("bypass_mode", False) and loss_type not in (None, "ppo_clip"):
+        # verl 0.9.1 reads rollout_correction.loss_type only in its legacy trainer
+        # (trainer/ppo/ray_trainer.py, apply_bypass_mode); the V1 trainer, RePO's, trains with
+        # policy_loss.loss_mode, so the run would silently be PPO-clip
+        raise ValueError(
+            f"algorithm.rollout_correction.loss_type={loss_type} with bypass_mode=True: verl's V1 trainer, which "
+            f"{mode} is, ignores loss_type (only verl's legacy trainer reads it) and would train with RePO's "
+            "PPO-clip loss instead. Remove the override algorithm.rollout_correction.loss_type="
+            f"{loss_type} (ppo_clip is what runs), or train without RePO."
+        )
 
 
 def is_distillation_on(config: DictConfig) -> bool:

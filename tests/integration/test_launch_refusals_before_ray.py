@@ -25,12 +25,15 @@ LEFTOVERS = [
     ("critic.enable=true", "Remove the override critic.enable=True"),
     ("distillation.enabled=true", "Remove the override distillation.enabled=True"),
     ("actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.n=1: RePO needs at least 2"),
+    # verl's V1 trainer ignores loss_type (only its legacy trainer reads it): the run would be PPO-clip
+    ("algorithm.rollout_correction.bypass_mode=true algorithm.rollout_correction.loss_type=reinforce",
+     "Remove the override algorithm.rollout_correction.loss_type=reinforce"),
 ]
 
 
 @pytest.mark.parametrize(("override", "message"), LEFTOVERS)
 def test_the_launch_check_and_the_trainer_refuse_the_same(override, message):
-    cfg = compose_verl(list(SMALL_REPO_LAUNCH) + [override])
+    cfg = compose_verl(list(SMALL_REPO_LAUNCH) + override.split())
     for check in (
         lambda: RePOLaunchCheck().on_job_start(config=cfg),
         lambda: validate_trainer_config(cfg, repo_config_from_algorithm(cfg.algorithm)),

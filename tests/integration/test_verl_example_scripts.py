@@ -370,9 +370,15 @@ SCRIPTS = {
         ("actor_rollout_ref.rollout.n=1", "RePO needs at least 2 on-policy samples per prompt"), None),
     # verl 0.9.1's V1 trainer (RePO's base) reads bypass_mode only to take rollout_log_probs as
     # old_log_probs; rollout_correction.loss_type=reinforce is read by the legacy trainer alone
-    # (ray_trainer.py, apply_bypass_mode), so this run trains with the `repo` PPO-clip loss
+    # (ray_trainer.py, apply_bypass_mode): the run would silently train with the `repo` PPO-clip
+    # loss, so the launch check refuses it and names the override
     "rollout_correction/run_qwen2_5_7b_fsdp.sh with rollout.n=5": (
         [*BYPASS_IS_QWEN2_5_7B, "actor_rollout_ref.rollout.n=5"], "algorithm.adv_estimator=rloo (swapped)",
+        ("algorithm.rollout_correction.loss_type=reinforce",
+         "Remove the override algorithm.rollout_correction.loss_type=reinforce"), "issue 23 finding 5"),
+    "rollout_correction/run_qwen2_5_7b_fsdp.sh with rollout.n=5, without its loss_type": (
+        [*_without(BYPASS_IS_QWEN2_5_7B, "algorithm.rollout_correction.loss_type"), "actor_rollout_ref.rollout.n=5"],
+        "algorithm.adv_estimator=rloo (swapped), algorithm.rollout_correction.loss_type=reinforce",
         PASSES, "issue 23 finding 1"),
     "one_step_off_policy/shell/dapo_7b_math_fsdp2_4_12.sh settings on main_ppo": (
         DAPO_7B_MATH,
