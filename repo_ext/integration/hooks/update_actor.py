@@ -18,7 +18,7 @@ from repo_ext.integration.batch_layout import replay_batch_layout
 from repo_ext.integration.hooks.layout import actor_dp_size, micro_batch_sizes, rows_per_mini_batch, trainer_pass_layouts
 from repo_ext.integration.mini_batch_counts import write_mini_batch_counts
 from repo_ext.integration.pass_layouts import rows_multiple
-from repo_ext.integration.zero_adv_skip import update_actor_skipping
+from repo_ext.integration.hooks.skip_zero_adv_rows import update_actor_skipping
 
 
 def required_batch_multiple(trainer: Any, verl_multiple: int) -> int:
