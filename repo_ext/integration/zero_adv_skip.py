@@ -41,6 +41,9 @@ regrouping changes; with a constant ``loss_scale_factor`` it is exact. ``auto`` 
 The only difference left is float summation order: rows are grouped into different micro-batches,
 so per-micro-batch sums and gradient accumulation add the same terms in another order.
 
+This module plans and builds rows; the trainer side (reading the batch from TransferQueue, writing
+the smaller batch, running verl's update on it) is ``integration/hooks/skip_zero_adv_rows.py``.
+
 Metrics. Per step: ``repo/skip_zero_adv_rows`` and ``repo/skip_zero_adv_tokens`` (left out),
 ``repo/update_rows`` and ``repo/update_tokens`` (went through forward and backward),
 ``repo/skip_padding_rows`` (2-token rows added) and ``repo/skip_plan_s`` (this module's own time,
