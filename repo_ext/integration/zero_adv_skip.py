@@ -359,9 +359,9 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
 
     Every field of ``template`` is kept (TransferQueue returns only fields every row has): the
     token fields are rebuilt, the :data:`RESPONSE_TOKEN_FIELDS` become one zero, the
-    :data:`SEQUENCE_TOKEN_FIELDS` two zeros, and every other field (per-row flags and normalisers
-    of the template's mini-batch, 0-d tensors or plain values) is copied. Any other tensor with a
-    token axis is an error naming it: its padding value is not known here.
+    :data:`SEQUENCE_TOKEN_FIELDS` two zeros, and every other field is copied: per-row values such as
+    the flags and normalisers of the template's mini-batch, verl's dataset's ``dummy_tensor`` (1,),
+    the dataset's non-tensor fields. A new per-token field must be added to its list.
     """
     from verl.trainer.ppo.padding_utils import build_padding_position_ids, build_padding_routed_experts
 
@@ -389,12 +389,6 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
             row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
         elif name in SEQUENCE_TOKEN_FIELDS:
             row[name] = torch.zeros((PADDING_SEQ_LEN, *value.shape[1:]), dtype=value.dtype)
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1:
-            raise ValueError(
-                f"{SETTING}: the update batch has a field {name!r} of shape {tuple(value.shape)} that a padding row "
-                "cannot fill (not a per-row value, and not in zero_adv_skip.RESPONSE_TOKEN_FIELDS or "
-                f"SEQUENCE_TOKEN_FIELDS). Set {SETTING}=false, or add the field to the list of its kind."
-            )
         else:
             row[name] = value.clone() if isinstance(value, torch.Tensor) else value
     return row
