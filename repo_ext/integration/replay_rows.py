@@ -11,7 +11,8 @@ verl itself does for its synthetic padding rows (verl/trainer/ppo/padding_utils.
 
 Every row of a RePO batch carries the same extra fields:
 - ``repo_off_policy``: 1 for a replayed row, 0 for an on-policy (or padding) row;
-- ``repo_norm_on`` / ``repo_norm_off``: the on/off row counts used by the ``paper`` loss weighting.
+- ``repo_norm_on`` / ``repo_norm_off``: the on/off row counts used by the ``paper`` loss weighting,
+  per mini-batch, written before the actor update (``mini_batch_counts.write_mini_batch_counts``).
 """
 
 from __future__ import annotations

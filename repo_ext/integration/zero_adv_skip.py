@@ -28,8 +28,9 @@ actor update without changing it:
    forward pass at all the gradients would be None and AdamW would skip those parameters).
    Gradient clipping sees the same norm because the gradient is the same.
 
-Exact only when the loss has no term on zero-advantage rows: no KL loss, entropy coefficient 0, no
-critic, the ``repo`` (or ``vanilla``) clipped surrogate, and the same mini-batches in every epoch
+Exact only when the loss has no term on zero-advantage rows: no KL loss, entropy coefficient 0, the
+``repo`` clipped surrogate (the RePO trainer has no critic and no other loss: ``config_checks``
+refuses both before this module runs), and the same mini-batches in every epoch
 (``ppo_epochs == 1`` or no shuffling); and when no normaliser depends on which rows share a
 micro-batch: ``seq-mean-token-sum-norm`` without ``actor.loss_scale_factor`` divides each
 micro-batch's loss by that micro-batch's longest response (verl/trainer/ppo/core_algos.py
@@ -39,6 +40,9 @@ regrouping changes; with a constant ``loss_scale_factor`` it is exact. ``auto`` 
 
 The only difference left is float summation order: rows are grouped into different micro-batches,
 so per-micro-batch sums and gradient accumulation add the same terms in another order.
+
+This module plans and builds rows; the trainer side (reading the batch from TransferQueue, writing
+the smaller batch, running verl's update on it) is ``integration/hooks/skip_zero_adv_rows.py``.
 
 Metrics. Per step: ``repo/skip_zero_adv_rows`` and ``repo/skip_zero_adv_tokens`` (left out),
 ``repo/update_rows`` and ``repo/update_tokens`` (went through forward and backward),
@@ -53,12 +57,9 @@ entropy but count in its normaliser. A skipping update reports ``actor/repo/entr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,8 +72,9 @@ SETTING = "algorithm.repo.skip_zero_advantage_rows"
 MB_TOKENS_FIELD = "repo_mb_num_tokens"
 #: rows verl passes as ``global_batch_size`` for the row's mini-batch had no row been skipped
 MB_ROWS_FIELD = "repo_mb_global_rows"
-#: policy losses whose per-token loss is exactly 0 where the advantage is 0
-EXACT_LOSS_MODES = ("repo", "vanilla")
+#: policy losses whose per-token loss is exactly 0 where the advantage is 0 (the RePO trainer runs
+#: only ``repo``: config_checks.check_repo_trainer_requirements)
+EXACT_LOSS_MODES = ("repo",)
 #: prompt + response tokens of a padding row (one each: verl's log-prob slicing needs a prompt token)
 PADDING_SEQ_LEN = 2
 
@@ -95,10 +97,6 @@ def skip_conflicts(config: Any) -> list[str]:
         found.append(
             f"actor_rollout_ref.actor.entropy_coeff={entropy_coeff:g} (the entropy bonus has a gradient on every row)"
         )
-    critic = config.get("critic", None)
-    critic_enable = None if critic is None else critic.get("enable", None)
-    if critic_enable or (critic_enable is None and str(config.algorithm.get("adv_estimator", "")) == "gae"):
-        found.append("critic.enable=True (the critic's value loss trains on every row)")
     loss_mode = str(actor.get("policy_loss", {}).get("loss_mode", "vanilla"))
     if loss_mode not in EXACT_LOSS_MODES:
         found.append(
@@ -336,19 +334,37 @@ def _split_over_ranks(
 # ---------------------------------------------------------------------------------------- rows
 
 
+#: per-response-token fields of a row at the actor update ((L_response, ...) each): one zero on a
+#: padding row. Written by verl's agent loop and reward (rm_scores, rollout_log_probs), its
+#: old-log-prob and ref passes (old_log_probs, entropy, ref_log_prob) and _compute_advantage
+#: (advantages, returns, token_level_rewards, rollout_is_weights); verl/trainer/ppo/v1/trainer_base.py.
+RESPONSE_TOKEN_FIELDS = (
+    "rm_scores",
+    "rollout_log_probs",
+    "old_log_probs",
+    "entropy",
+    "ref_log_prob",
+    "advantages",
+    "returns",
+    "token_level_rewards",
+    "rollout_is_weights",
+)
+#: per-token fields over the whole sequence (prompt + response): ``PADDING_SEQ_LEN`` zeros. The
+#: engine's ``log_probs`` from the old-log-prob pass (verl's compute_log_prob output).
+SEQUENCE_TOKEN_FIELDS = ("log_probs",)
+
+
 def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
     """A 2-token row (one prompt, one response token) with a zero response mask, from a real row.
 
     Every field of ``template`` is kept (TransferQueue returns only fields every row has): the
-    token fields are rebuilt, other prompt- or response-length fields become one zero, other
-    whole-sequence fields (e.g. the engine's ``log_probs``) two zeros, everything else (flags,
-    per-row normalisers of the template's mini-batch) is copied.
+    token fields are rebuilt, the :data:`RESPONSE_TOKEN_FIELDS` become one zero, the
+    :data:`SEQUENCE_TOKEN_FIELDS` two zeros, and every other field is copied: per-row values such as
+    the flags and normalisers of the template's mini-batch, verl's dataset's ``dummy_tensor`` (1,),
+    the dataset's non-tensor fields. A new per-token field must be added to its list.
     """
     from verl.trainer.ppo.padding_utils import build_padding_position_ids, build_padding_routed_experts
 
-    prompt_len = int(template["prompts"].shape[0])
-    response_len = int(template["responses"].shape[0])
-    seq_len = int(template["input_ids"].shape[0])
     ids = torch.full((PADDING_SEQ_LEN,), int(eos_token_id), dtype=torch.int64)
     attention_mask = torch.ones(PADDING_SEQ_LEN, dtype=torch.int64)
     rebuilt = {
@@ -369,10 +385,9 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
     for name, value in template.items():
         if name in rebuilt:
             row[name] = rebuilt[name]
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] in (prompt_len, response_len):
+        elif name in RESPONSE_TOKEN_FIELDS:
             row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == seq_len:
-            # e.g. the engine's whole-sequence ``log_probs`` from the old-log-prob pass
+        elif name in SEQUENCE_TOKEN_FIELDS:
             row[name] = torch.zeros((PADDING_SEQ_LEN, *value.shape[1:]), dtype=value.dtype)
         else:
             row[name] = value.clone() if isinstance(value, torch.Tensor) else value
@@ -457,119 +472,3 @@ def report_updated_rows_entropy(model_output: dict, data: Any, metrics: dict) ->
     metrics[total_key] = Metric(AggregationType.SUM, float((entropy * mask).sum()))
     metrics[count_key] = Metric(AggregationType.SUM, float(mask.sum()))
     return metrics
-
-
-# ---------------------------------------------------------------------------------------- trainer glue
-
-
-@contextlib.contextmanager
-def _verl_mini_batch_rows(config: Any, rows: int):
-    """For one ``_update_actor`` call: mini-batches of ``rows`` rows (all ranks), in batch order."""
-    from omegaconf import open_dict
-
-    actor = config.actor_rollout_ref.actor
-    rollout = config.actor_rollout_ref.rollout
-    saved = (actor.ppo_mini_batch_size, rollout.n, actor.shuffle)
-    with open_dict(config):
-        actor.ppo_mini_batch_size, rollout.n, actor.shuffle = rows, 1, False
-    try:
-        yield
-    finally:
-        with open_dict(config):
-            actor.ppo_mini_batch_size, rollout.n, actor.shuffle = saved
-
-
-def update_actor_skipping(
-    trainer: Any,
-    batch: Any,
-    metrics: dict,
-    *,
-    dp_size: int,
-    rows_per_mini_batch: int,
-    micro_batch_size: int | None,
-    update: Callable[[Any, dict], Any],
-) -> Any:
-    """Run verl's actor update (``update``) on ``batch`` without its zero-advantage rows.
-
-    Args:
-        trainer: the RePO trainer (config, tokenizer).
-        batch: the step's KVBatchMeta as verl's ``_update_actor`` would receive it.
-        metrics: the step's metrics; gains the :meth:`SkipPlan.metrics` and ``repo/skip_plan_s``.
-        dp_size: the actor's data-parallel size.
-        rows_per_mini_batch: rows of one optimizer mini-batch (all ranks) without skipping.
-        micro_batch_size: the update's per-rank micro-batch size (None: dynamic batch size).
-        update: verl's ``_update_actor`` (the parent class's method, bound).
-
-    Returns:
-        ``batch`` (unchanged keys: the padding rows added here are deleted again).
-    """
-    import transfer_queue as tq
-    from transfer_queue import KVBatchMeta
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-    from repo_ext.integration.batch_layout import row_multiple
-
-    start = time.perf_counter()
-    config = trainer.config
-    actor = config.actor_rollout_ref.actor
-    pid = batch.partition_id
-    members = mini_batch_members(
-        len(batch.keys),
-        dp_size=dp_size,
-        rows_per_mini_batch=rows_per_mini_batch,
-        shuffle=bool(actor.get("shuffle", False)),
-        seed=int(actor.get("data_loader_seed", 42)),
-    )
-    data = tq.kv_batch_get(
-        keys=batch.keys, partition_id=pid, select_fields=["advantages", "response_mask", "loss_mask"]
-    )
-    nonzero, valid_tokens = row_skip_inputs(data["advantages"], data["response_mask"], data["loss_mask"])
-    plan = plan_zero_advantage_skip(
-        nonzero,
-        valid_tokens,
-        members,
-        dp_size=dp_size,
-        row_multiple=row_multiple(dp_size, [micro_batch_size]),
-        seq_lens=[int(tag.get("seq_len", 0)) for tag in batch.tags],
-    )
-    if len(plan.layout) >= len(batch.keys):  # nothing to gain: verl's own update, unchanged
-        metrics.update(SkipPlan.unskipped_metrics(valid_tokens))
-        metrics["repo/skip_plan_s"] = time.perf_counter() - start
-        return update(batch, metrics)
-    metrics.update(plan.metrics())
-
-    pad_rows = []
-    if plan.padding_rows:  # one real row of each mini-batch, every field, as the padding rows' template
-        templates = tq.kv_batch_get(keys=[batch.keys[rows[0]] for rows in members], partition_id=pid)
-        template_rows = [{name: templates[k][name] for name in templates.keys()} for k in range(len(members))]
-        pad_rows = layout_padding_rows(plan, template_rows, trainer.tokenizer.eos_token_id)
-    pad_uid = f"pad{uuid.uuid4().hex}"
-    pad_keys, pad_tags, keys, tags = [], [], [], []
-    for entry in plan.layout:
-        if entry >= 0:
-            keys.append(batch.keys[entry])
-            tags.append(batch.tags[entry])
-            continue
-        key = f"{pad_uid}_{len(pad_keys)}_0"  # verl's key form: <uid>_<index>_<turn>
-        pad_rows[len(pad_keys)]["uid"] = pad_uid
-        tag = dict(batch.tags[members[-1 - entry][0]])
-        tag.update(is_padding=True, prompt_len=1, response_len=1, seq_len=PADDING_SEQ_LEN)
-        pad_keys.append(key)
-        pad_tags.append(tag)
-        keys.append(key)
-        tags.append(tag)
-    kept = [entry for entry in plan.layout if entry >= 0]
-    if kept:
-        carried = [carried_normalisers(plan, plan.mini_batch_of[i]) for i in kept]
-        tq.kv_batch_put(keys=[batch.keys[i] for i in kept], partition_id=pid, fields=list_of_dict_to_tensordict(carried))
-    if pad_keys:
-        tq.kv_batch_put(keys=pad_keys, partition_id=pid, fields=list_of_dict_to_tensordict(pad_rows), tags=pad_tags)
-    smaller = KVBatchMeta(keys=keys, tags=tags, partition_id=pid, fields=None, extra_info=dict(batch.extra_info or {}))
-    metrics["repo/skip_plan_s"] = time.perf_counter() - start
-    try:
-        with _verl_mini_batch_rows(config, plan.rows_per_mini_batch):
-            update(smaller, metrics)
-    finally:
-        if pad_keys:
-            tq.kv_clear(keys=pad_keys, partition_id=pid)
-    return batch

@@ -14,7 +14,8 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils import tensordict_utils as tu
 
 from repo_ext.integration.old_log_prob_metrics import old_log_prob_metrics
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 
 # per row: rollout log-probs, the actor's recomputed log-probs, the actor's entropy
 ROWS = {

@@ -61,7 +61,8 @@ def test_the_trainer_pads_replay_batches_for_the_reference_layout():
     """RePOTrainer._get_required_batch_multiple with the layout above: 8 on-policy + 5 replayed rows in
     one mini-batch. The actor's dp alone (2) would pad to 14 rows, which the reference's 4 ranks
     cannot split; each pass's own dp pads to 16."""
-    from repo_ext.integration.trainer import RePOTrainer, _StepState
+    from repo_ext.integration.hooks.step_state import StepState as _StepState
+    from repo_ext.integration.trainer import RePOTrainer
 
     trainer = object.__new__(RePOTrainer)
     trainer.config = OmegaConf.create(

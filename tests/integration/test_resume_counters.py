@@ -16,7 +16,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.replay_counters import counters_extra, restore_counters
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 
 STEP = 3
 

@@ -23,7 +23,8 @@ from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.config_checks import RePOLaunchCheck
 from repo_ext.integration.store_checkpoint import has_store_state, resumed_step_dir, save_store_state, store_on_resume
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 
 TRACKER = "latest_checkpointed_iteration.txt"
 SETTING = "algorithm.repo.missing_store_on_resume"

@@ -20,7 +20,8 @@ from transfer_queue import KVBatchMeta
 from verl.utils import tensordict_utils as tu
 
 from repo_ext.integration.replay_rows import OFF_POLICY_UID_SUFFIX
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 
 # per row: uid, old log-probs, rollout log-probs, response mask, reward on the last token
 ROWS = {

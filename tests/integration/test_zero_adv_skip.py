@@ -90,7 +90,6 @@ def test_default_is_auto_and_on_where_exact():
     [
         ({"use_kl_loss": True}, None, "actor_rollout_ref.actor.use_kl_loss=True"),
         ({"entropy_coeff": 0.01}, None, "actor_rollout_ref.actor.entropy_coeff=0.01"),
-        ({}, True, "critic.enable=True"),
         ({"policy_loss": {"loss_mode": "gspo"}}, None, "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"),
         ({"ppo_epochs": 2, "shuffle": True}, None, "actor_rollout_ref.actor.ppo_epochs=2"),
         ({"loss_agg_mode": "seq-mean-token-sum-norm"}, None, "actor_rollout_ref.actor.loss_scale_factor=null"),

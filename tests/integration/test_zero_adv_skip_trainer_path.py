@@ -37,7 +37,8 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.integration.estimators import RePOLossFunction
 from repo_ext.integration.replay_rows import OFF_POLICY_FIELD
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 from repo_ext.integration.zero_adv_skip import resolve_skip_zero_advantage_rows
 
 VOCAB, EOS, LR, WEIGHT_DECAY, CLIP = 13, 12, 1e-2, 0.1, 1.0

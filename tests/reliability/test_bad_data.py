@@ -17,7 +17,7 @@ import torch
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.estimators import compute_repo_split_advantage
 from repo_ext.integration.replay_rows import OFF_POLICY_UID_SUFFIX
-from repo_ext.integration.trainer import insert_on_policy_rows
+from repo_ext.integration.hooks.insert import insert_on_policy_rows
 
 MAX_LEN = 6
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from repo_ext.algorithm.config import RePOConfig
 from repo_ext.algorithm.store import ReplayStore
 from repo_ext.integration.replay_health import replay_gate_step, replay_stall_reason
-from repo_ext.integration.trainer import RePOTrainer, _StepState
+from repo_ext.integration.hooks.step_state import StepState as _StepState
+from repo_ext.integration.trainer import RePOTrainer
 
 
 def _stats(prompts=4, entries=8, replayable=0, byte_evictions=0, cap=1000, inserted=None):
