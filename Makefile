@@ -21,7 +21,7 @@ venv: $(STAMP)
 # two pytest workers, each test file on one of them (module fixtures run once); TEST_WORKERS=0: one process
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m repo_ext.demo $(DEMO_ARGS)

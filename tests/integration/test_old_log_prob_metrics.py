@@ -85,30 +85,38 @@ def test_metrics_over_named_rows_match_hand_values(store):
                                     with_rollout_log_probs=False)) == {"actor/entropy"}
 
 
-def test_fallback_over_all_rows_reports_on_policy_rows_only(store, monkeypatch):
-    seen = []
-    monkeypatch.setattr(PPOTrainer, "_compute_old_log_prob", _verl_pass(store, seen))
+def _fallback_step(actor_group, algorithm=None):
+    """A RePOTrainer (no __init__) at a replay step whose 2 on-policy rows are not a multiple of the
+    old-log-prob micro-batch (4), so its pass would fall back to all rows; the replayed row off1
+    carries its stored behaviour log-probs. Returns the trainer, the batch and off1's log-probs."""
     trainer = object.__new__(RePOTrainer)
     trainer.config = OmegaConf.create(
         {
+            "algorithm": algorithm or {},
             "actor_rollout_ref": {
                 "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None, "use_dynamic_bsz": False,
                           "ppo_micro_batch_size_per_gpu": 4},
-                # 2 on-policy rows are not a multiple of this micro-batch size: the pass runs over all rows
                 "rollout": {"calculate_log_probs": True, "log_prob_micro_batch_size_per_gpu": 4,
                             "log_prob_use_dynamic_bsz": False},
-            }
+            },
         }
     )
     trainer.use_reference_policy = False
+    trainer.actor_rollout_wg = actor_group
+    behaviour = torch.tensor(ROWS["off1"][0])
+    trainer._step_state = _StepState(on_keys=["on1", "on2"], off_keys=["off1"], off_behaviour={"off1": behaviour})
+    batch = KVBatchMeta(keys=list(ROWS), tags=[{}, {}, {}], partition_id="train", fields=None, extra_info={})
+    return trainer, batch, behaviour
+
+
+def test_fallback_over_all_rows_reports_on_policy_rows_only(store, monkeypatch):
+    seen = []
+    monkeypatch.setattr(PPOTrainer, "_compute_old_log_prob", _verl_pass(store, seen))
 
     class ActorGroup:
         _dispatch_info = {"actor": [0]}
 
-    trainer.actor_rollout_wg = ActorGroup()
-    behaviour = torch.tensor(ROWS["off1"][0])
-    trainer._step_state = _StepState(on_keys=["on1", "on2"], off_keys=["off1"], off_behaviour={"off1": behaviour})
-    batch = KVBatchMeta(keys=list(ROWS), tags=[{}, {}, {}], partition_id="train", fields=None, extra_info={})
+    trainer, batch, behaviour = _fallback_step(ActorGroup())
     metrics = {}
     trainer._compute_old_log_prob(batch, metrics)
 
@@ -126,30 +134,14 @@ def test_bypass_mode_runs_no_forward_and_needs_no_entropy(store):
     are not a multiple of the micro-batch (the fallback's case), no forward pass may run and nothing
     may read ``entropy`` (it raised KeyError 'entropy'). Old log-probs: rollout ones on on-policy rows,
     stored ones on the replayed row."""
-    trainer = object.__new__(RePOTrainer)
-    trainer.config = OmegaConf.create(
-        {
-            "algorithm": {"rollout_correction": {"bypass_mode": True}},
-            "actor_rollout_ref": {
-                "actor": {"loss_agg_mode": "token-mean", "loss_scale_factor": None, "use_dynamic_bsz": False,
-                          "ppo_micro_batch_size_per_gpu": 4},
-                "rollout": {"calculate_log_probs": True, "log_prob_micro_batch_size_per_gpu": 4,
-                            "log_prob_use_dynamic_bsz": False},
-            },
-        }
-    )
-    trainer.use_reference_policy = False
-
     class ActorGroup:
         _dispatch_info = {"actor": [0]}
 
         def compute_log_prob(self, batch):
             raise AssertionError("bypass mode ran an old-log-prob forward pass")
 
-    trainer.actor_rollout_wg = ActorGroup()
-    behaviour = torch.tensor(ROWS["off1"][0])  # a replayed row's rollout log-probs are its stored ones
-    trainer._step_state = _StepState(on_keys=["on1", "on2"], off_keys=["off1"], off_behaviour={"off1": behaviour})
-    batch = KVBatchMeta(keys=list(ROWS), tags=[{}, {}, {}], partition_id="train", fields=None, extra_info={})
+    # a replayed row's rollout log-probs are its stored ones
+    trainer, batch, behaviour = _fallback_step(ActorGroup(), algorithm={"rollout_correction": {"bypass_mode": True}})
     metrics = {}
     trainer._compute_old_log_prob(batch, metrics)
 
