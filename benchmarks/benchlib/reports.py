@@ -77,25 +77,26 @@ def estimates_markdown(est: dict | None) -> list[str]:
         lines += ["", "| held-out accuracy | correct / problems | 95% Wilson interval |", "|---|---|---|"]
         for name, w in est["heldout"].items():
             lines.append(f"| {name} | {w['successes']} / {w['trials']} | {_interval(w)} |")
+    # a comparison "A - B" is estimates.heldout_comparison(first=B, second=A): every cell lists A, then B
     if est.get("heldout_paired"):
-        lines += ["", "| paired held-out comparison | difference [paired bootstrap 95%] | only 1st right / only 2nd right "
-                  "| McNemar exact p | mean answer tokens (1st, 2nd) | truncated (1st, 2nd) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| paired held-out comparison A - B | difference A - B [paired bootstrap 95%] | only A right / only B right "
+                  "| McNemar exact p | mean answer tokens (A, B) | truncated (A, B) |", "|---|---|---|---|---|---|"]
         for pair, c in est["heldout_paired"].items():
             m, tok = c["mcnemar"], c["tokens"]
             lines.append(
-                f"| {pair} | {_interval(c['difference'])} | {m['first_only']} / {m['second_only']} | {m['p_value']:.3f} "
-                f"| {_fmt(tok['first_mean'], '.1f')}, {_fmt(tok['second_mean'], '.1f')} "
-                f"| {_fmt(tok['first_truncated'])}, {_fmt(tok['second_truncated'])} |"
+                f"| {pair} | {_interval(c['difference'])} | {m['second_only']} / {m['first_only']} | {m['p_value']:.3f} "
+                f"| {_fmt(tok['second_mean'], '.1f')}, {_fmt(tok['first_mean'], '.1f')} "
+                f"| {_fmt(tok['second_truncated'])}, {_fmt(tok['first_truncated'])} |"
             )
     if est.get("heldout_paired_by_step"):
-        lines += ["", "| evaluated step | paired comparison | difference [paired bootstrap 95%] | only 1st right / only 2nd right "
-                  "| McNemar exact p | mean answer tokens (1st, 2nd) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| evaluated step | paired comparison A - B | difference A - B [paired bootstrap 95%] | only A right / only B right "
+                  "| McNemar exact p | mean answer tokens (A, B) |", "|---|---|---|---|---|---|"]
         for step, pairs in est["heldout_paired_by_step"].items():
             for pair, c in pairs.items():
                 m, tok = c["mcnemar"], c["tokens"]
                 lines.append(
-                    f"| {step} | {pair} | {_interval(c['difference'])} | {m['first_only']} / {m['second_only']} | {m['p_value']:.3f} "
-                    f"| {_fmt(tok['first_mean'], '.1f')}, {_fmt(tok['second_mean'], '.1f')} |"
+                    f"| {step} | {pair} | {_interval(c['difference'])} | {m['second_only']} / {m['first_only']} | {m['p_value']:.3f} "
+                    f"| {_fmt(tok['second_mean'], '.1f')}, {_fmt(tok['first_mean'], '.1f')} |"
                 )
     if est.get("curves"):
         lines += ["", "| held-out accuracy curve | steps | accuracy | area under the curve (mean height) |", "|---|---|---|---|"]

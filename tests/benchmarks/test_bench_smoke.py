@@ -187,6 +187,10 @@ def test_estimates_by_hand(bench):
     table = "\n".join(bench.estimates_markdown(est))
     assert "| recent_k_skip | 5 (2) | 0.600 [" in table and "| base model | 0 / 10 |" in table
     assert "| recent_k_skip / grpo_skip | 2 | 2.08 [" in table
+    # "A - B" lists A first in every cell: the base model (A) right alone on 0 problems, RePO (B) on 5;
+    # answers 48 tokens (all cut) against 14.5 (none cut)
+    assert "| base model - recent_k_skip | -0.500 [" in table and "| 0 / 5 | 0.062 | 48.0, 14.5 | 1.00, 0.00 |" in table
+    assert "| 3 | grpo_skip - recent_k_skip | -0.300 [" in table and "| 0 / 3 | 0.250 |" in table
 
 
 def test_plan_by_hand(bench):
