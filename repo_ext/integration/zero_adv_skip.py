@@ -361,7 +361,8 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
     token fields are rebuilt, the :data:`RESPONSE_TOKEN_FIELDS` become one zero, the
     :data:`SEQUENCE_TOKEN_FIELDS` two zeros, and every other field is copied: per-row values such as
     the flags and normalisers of the template's mini-batch, verl's dataset's ``dummy_tensor`` (1,),
-    the dataset's non-tensor fields. A new per-token field must be added to its list.
+    the dataset's non-tensor fields. A tensor with more than one entry along its first axis that is in
+    neither list is an error naming it (a token axis whose padding value is not known here).
     """
     from verl.trainer.ppo.padding_utils import build_padding_position_ids, build_padding_routed_experts
 
@@ -389,6 +390,15 @@ def padding_row(template: dict[str, Any], eos_token_id: int) -> dict[str, Any]:
             row[name] = torch.zeros((1, *value.shape[1:]), dtype=value.dtype)
         elif name in SEQUENCE_TOKEN_FIELDS:
             row[name] = torch.zeros((PADDING_SEQ_LEN, *value.shape[1:]), dtype=value.dtype)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] > 1:
+            # a per-row value is 0-d or has one entry (verl's dummy_tensor, (1,)); more entries along the
+            # first axis means a token axis, whose padding value is not known here: copying the template's
+            # would give the padding row a field as long as another row's tokens
+            raise ValueError(
+                f"{SETTING}: the update batch has a field {name!r} of shape {tuple(value.shape)} that a padding row "
+                "cannot fill (not a per-row value, and not in zero_adv_skip.RESPONSE_TOKEN_FIELDS or "
+                f"SEQUENCE_TOKEN_FIELDS). Set {SETTING}=false, or add the field to the list of its kind."
+            )
         else:
             row[name] = value.clone() if isinstance(value, torch.Tensor) else value
     return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from repo_ext.integration.zero_adv_skip import PADDING_SEQ_LEN, padding_row
@@ -37,3 +38,8 @@ def test_other_fields_are_copied_as_per_row_values():
     # verl's RLHFDataset puts a (1,) ``dummy_tensor`` on every row: a per-row value, copied
     row = padding_row(_template(dummy_tensor=torch.tensor([0], dtype=torch.uint8)), EOS)
     assert row["dummy_tensor"].tolist() == [0] and row["uid"] == "u"
+
+
+def test_an_undeclared_token_field_is_named_not_guessed():
+    with pytest.raises(ValueError, match=r"'my_token_scores' of shape \(3,\).*skip_zero_advantage_rows=false"):
+        padding_row(_template(my_token_scores=torch.zeros(3)), EOS)
